@@ -1,0 +1,1 @@
+"""Quantization: observers, named qconfigs, and the single gateway to torch.ao.quantization."""
