@@ -1,0 +1,110 @@
+"""LightningModule for image classification: loss, SGD + schedule, accuracy metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+
+
+class ClassifierModule(pl.LightningModule):
+    """Wraps a (quantizable) network; optimizer and scheduler arrive as Hydra partials.
+
+    Metrics are accumulated on the device and logged per epoch (`on_step=False`), so the hot
+    loop never waits for a host sync.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "step",
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        # logger=False: the run logs the whole Hydra config (with final metrics) itself.
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits, y), logits.argmax(dim=1), y
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, preds, y = self._step(batch)
+        self.train_acc(preds, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation already; its numbers must not count as the best.
+        self.val_acc_best.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, preds, y = self._step(batch)
+        self.val_acc(preds, y)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, preds, y = self._step(batch)
+        self.test_acc(preds, y)
+        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def _steps_per_epoch(self) -> int:
+        total = self.trainer.estimated_stepping_batches
+        epochs = max(1, self.trainer.max_epochs or 1)
+        if not math.isfinite(total):
+            raise ValueError("a per-step schedule needs a finite trainer.max_epochs")
+        return max(1, math.ceil(total / epochs))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {"steps_per_epoch": self._steps_per_epoch()} if self.scheduler_interval == "step" else {}
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets quantize / resume rebuild the network and refuse a checkpoint of another shape.
+        checkpoint["labquant_arch"] = dict(getattr(self.net, "arch", {}))
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+__all__ = ["ClassifierModule", "count_parameters"]

@@ -1,0 +1,64 @@
+"""Shared fixtures: composing the real Hydra configs, and finding the real CIFAR-10 subset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from labquant.cli.checks import CONF_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, fast training setup for tests: synthetic data, a 3-stage ResNet of width 8.
+TINY = [
+    "data=synthetic",
+    "data.num_train=1200",
+    "data.num_test=400",
+    "data.val_size=200",
+    "data.batch_size=64",
+    "model=small",
+    "model.layers=[1,1,1]",
+    "model.base_width=8",
+    "callbacks.progress_bar=null",
+    "trainer.enable_model_summary=false",
+]
+
+
+def cifar10_mini_root() -> Path | None:
+    """`LABQUANT_CIFAR10_MINI`, else ../shared/data/cifar10-mini beside the repo, else None."""
+    candidates = [os.environ.get("LABQUANT_CIFAR10_MINI"), REPO_ROOT.parent / "shared/data/cifar10-mini"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "cifar-10-batches-py").is_dir():
+            return Path(candidate)
+    return None
+
+
+def compose_config(
+    config_name: str, overrides: Sequence[str], output_dir: Path
+) -> DictConfig:
+    """Compose a real config as the CLI would, with the run folder set to `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
+    def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        return compose_config("train", overrides, output_dir or tmp_path / "run")
+
+    yield _compose
+    GlobalHydra.instance().clear()

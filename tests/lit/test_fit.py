@@ -1,0 +1,73 @@
+"""A real (tiny) FP32 run through the composed Hydra config: it learns and leaves its artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from labquant.lit.fit import fit_fp32
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    from tests.conftest import compose_config
+
+    out = tmp_path_factory.mktemp("fit") / "run"
+    cfg = compose_config(
+        "train", [*TINY, "trainer.max_epochs=4", "scheduler.warmup_epochs=1"], out
+    )
+    return fit_fp32(cfg), out
+
+
+def test_model_learns_above_chance(finished_run: tuple[dict, Path]) -> None:
+    results, _ = finished_run
+    assert results["test_acc"] > 40.0  # 10 classes: chance is 10 %
+    assert results["best_val_acc"] >= results["val_acc"] - 1e-6
+
+
+def test_results_json_has_the_promised_fields(finished_run: tuple[dict, Path]) -> None:
+    results, out = finished_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    for key in ("stage", "model", "params", "epochs", "val_acc", "best_val_acc", "test_acc",
+                "test_loss", "size_mib", "wall_time_s", "checkpoint"):
+        assert on_disk[key] is not None, key
+    assert on_disk["stage"] == "fp32"
+    assert on_disk["epochs"] == 4
+    assert 0 <= on_disk["test_acc"] <= 100 and on_disk["test_acc"] > 1  # percent, not a fraction
+    state_dict = out / on_disk["state_dict"]
+    assert on_disk["size_mib"] == pytest.approx(state_dict.stat().st_size / 2**20)
+    assert (out / on_disk["checkpoint"]).is_file()
+    assert sum(p.numel() for p in torch.load(state_dict).values() if p.is_floating_point()) > 0
+
+
+def test_run_folder_holds_logs_checkpoints_and_plot(finished_run: tuple[dict, Path]) -> None:
+    _, out = finished_run
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "metrics.csv").is_file()
+    png = out / "loss_accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("train/loss", "train/acc", "val/loss", "val/acc", "lr-SGD"):
+        assert column in header
+
+
+def test_tensorboard_has_scalars_and_hparams(finished_run: tuple[dict, Path]) -> None:
+    _, out = finished_run
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    tags: set[str] = set()
+    plugins: set[str] = set()
+    for event_file in events:
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+        plugins |= set(acc.PluginTagToContent("hparams") or {})
+    assert {"train/loss", "val/acc", "hparams/test_acc"} <= tags
+    assert plugins  # the hparams tab's session data
