@@ -20,12 +20,12 @@ from labquant.reports.curves import plot_loss_accuracy
 FP32_STATE_DICT = "model_fp32_state_dict.pt"
 
 
-def build_module(cfg: DictConfig) -> ClassifierModule:
+def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> ClassifierModule:
     """The scheduler group holds a partial plus `interval` (step | epoch), which Lightning needs."""
     scheduler = OmegaConf.to_container(cfg.get("scheduler") or {}, resolve=True)
     interval = scheduler.pop("interval", "epoch")
     return ClassifierModule(
-        net=hydra.utils.instantiate(cfg.model),
+        net=net if net is not None else hydra.utils.instantiate(cfg.model),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(scheduler) if "_target_" in scheduler else None,
         scheduler_interval=interval,
@@ -88,7 +88,9 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()  # missing or corrupt data fails here, before any training output
+    # Missing or corrupt data fails here, before the trainer writes anything.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
