@@ -33,16 +33,17 @@ TINY = [
 
 def cifar10_mini_root() -> Path | None:
     """`LABQUANT_CIFAR10_MINI`, else ../shared/data/cifar10-mini beside the repo, else None."""
-    candidates = [os.environ.get("LABQUANT_CIFAR10_MINI"), REPO_ROOT.parent / "shared/data/cifar10-mini"]
+    candidates = [
+        os.environ.get("LABQUANT_CIFAR10_MINI"),
+        REPO_ROOT.parent / "shared/data/cifar10-mini",
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "cifar-10-batches-py").is_dir():
             return Path(candidate)
     return None
 
 
-def compose_config(
-    config_name: str, overrides: Sequence[str], output_dir: Path
-) -> DictConfig:
+def compose_config(config_name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """Compose a real config as the CLI would, with the run folder set to `output_dir`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -62,3 +63,34 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One real FP32 run of the TINY setup, shared by the training and quantization tests."""
+    from labquant.lit.fit import fit_fp32
+
+    out = tmp_path_factory.mktemp("fp32") / "run"
+    cfg = compose_config("train", [*TINY, "trainer.max_epochs=4", "scheduler.warmup_epochs=1"], out)
+    results = fit_fp32(cfg)
+    GlobalHydra.instance().clear()
+    return results, out
+
+
+# Four stages of width 20..160: about the smallest of these ResNets whose int8 file is <= 0.27
+# of FP32 for x86 too (fixed per-layer overhead, per-channel scales, dominates smaller ones).
+QUANT_MODEL = [*TINY, "model.layers=[1,1,1,1]", "model.base_width=20"]
+
+
+@pytest.fixture(scope="session")
+def fp32_checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """A trained FP32 checkpoint for the quantization tests."""
+    from labquant.lit.fit import fit_fp32
+
+    out = tmp_path_factory.mktemp("fp32w32") / "run"
+    cfg = compose_config(
+        "train", [*QUANT_MODEL, "trainer.max_epochs=6", "scheduler.warmup_epochs=1"], out
+    )
+    results = fit_fp32(cfg)
+    GlobalHydra.instance().clear()
+    return results, out

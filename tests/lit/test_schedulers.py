@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -49,7 +50,7 @@ def test_schedule_is_monotone_after_warmup() -> None:
     sched = _scheduler()
     lrs = [sched.lr_at(s, BASE) for s in range(EPOCHS * STEPS + 1)]
     warm = WARMUP * STEPS
-    assert all(a < b for a, b in zip(lrs[: warm - 1], lrs[1:warm], strict=True))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:warm]))
     assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1 :], strict=False))
     assert not any(math.isnan(v) for v in lrs)
 
@@ -57,5 +58,5 @@ def test_schedule_is_monotone_after_warmup() -> None:
 @pytest.mark.parametrize("warmup", [10, 12, -1])
 def test_bad_warmup_is_a_config_error(warmup: int) -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE)
-    with pytest.raises(ConfigError, match="scheduler.warmup_epochs"):
+    with pytest.raises(ConfigError, match=r"scheduler\.warmup_epochs"):
         WarmupCosineAnnealingLR(opt, warmup, EPOCHS, steps_per_epoch=STEPS)

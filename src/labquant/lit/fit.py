@@ -30,6 +30,7 @@ def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> Classif
         scheduler=hydra.utils.instantiate(scheduler) if "_target_" in scheduler else None,
         scheduler_interval=interval,
         num_classes=cfg.model.num_classes,
+        channels_last=cfg.get("channels_last", False),
     )
 
 
@@ -61,7 +62,9 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
+            logger.log_hyperparams(
+                flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()}
+            )
             logger.save()
 
 
@@ -124,7 +127,9 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     }
     csv_path = metrics_csv_path(trainer)
     if csv_path is not None and csv_path.exists():
-        plot_loss_accuracy(csv_path, out_dir / "loss_accuracy.png", title=f"{results['model']} FP32")
+        plot_loss_accuracy(
+            csv_path, out_dir / "loss_accuracy.png", title=f"{results['model']} FP32"
+        )
     log_final_hparams(
         trainer,
         cfg,

@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers, in CI and in sweep workers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from labquant.reports.artifacts import write_atomic  # noqa: E402
+from labquant.reports.artifacts import write_atomic
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -35,12 +35,17 @@ def plot_loss_accuracy(metrics_csv: Path, out_png: Path, title: str = "") -> Pat
     """Two panels as in the lab report: train/val loss and train/val accuracy per epoch."""
     series = read_epoch_metrics(metrics_csv)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, ylabel, scale in ((ax_loss, "loss", "loss", 1.0), (ax_acc, "acc", "accuracy (%)", 100.0)):
+    for ax, metric, ylabel, scale in (
+        (ax_loss, "loss", "loss", 1.0),
+        (ax_acc, "acc", "accuracy (%)", 100.0),
+    ):
         for split, style in (("train", "-o"), ("val", "-s")):
             points = series.get(f"{split}/{metric}", [])
             if points:
                 epochs, values = zip(*points, strict=True)
-                ax.plot([e + 1 for e in epochs], [v * scale for v in values], style, ms=3, label=split)
+                ax.plot(
+                    [e + 1 for e in epochs], [v * scale for v in values], style, ms=3, label=split
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
