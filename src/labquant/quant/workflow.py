@@ -7,18 +7,29 @@ added beside it later, and keeps the warning filter in one place.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
+import torch.ao.nn.intrinsic.qat as nniqat
+import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
-from torch import nn
+from torch import Tensor, nn
+from torch.ao.quantization import FakeQuantizeBase, QConfig
+from torch.ao.quantization.observer import ObserverBase
 
 
 @contextmanager
 def _quiet_deprecation() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # torch 2.15 announces the same deprecations as UserWarnings in two more places: when
+        # convert builds quint8/qint8 tensors, and when the x86/fbgemm default observers get
+        # `reduce_range` (torch's own qconfig, nothing a user can act on).
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
+        warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated")
         yield
 
 
@@ -34,3 +45,100 @@ def fuse(module: nn.Module, groups: Sequence[Sequence[str]], is_qat: bool) -> No
             tq.fuse_modules_qat(module, groups, inplace=True)
         else:
             tq.fuse_modules(module, groups, inplace=True)
+
+
+def set_engine(backend: str) -> None:
+    """Pick the int8 kernels; must happen before convert (weights are prepacked per engine)."""
+    torch.backends.quantized.engine = backend
+
+
+def prepare_ptq(model: nn.Module, qconfig: QConfig) -> nn.Module:
+    """Fuse (BN folded, eval mode) and insert observers, in place, ready for calibration."""
+    model.eval()
+    model.fuse_model(is_qat=False)
+    model.qconfig = qconfig
+    with _quiet_deprecation():
+        tq.prepare(model, inplace=True)
+    return model
+
+
+def prepare_qat(model: nn.Module, qconfig: QConfig) -> nn.Module:
+    """Fuse (BN kept trainable, train mode) and insert fake-quant modules, in place."""
+    model.train()
+    model.fuse_model(is_qat=True)
+    model.qconfig = qconfig
+    with _quiet_deprecation():
+        tq.prepare_qat(model, inplace=True)
+    return model
+
+
+def is_prepared(model: nn.Module) -> bool:
+    """Preparing twice would fuse twice and nest observers; callers check this first.
+
+    Looks for observer / fake-quant instances, not for an `activation_post_process` attribute:
+    FloatFunctional has one (an Identity) before prepare and QFunctional keeps it after convert.
+    """
+    return any(isinstance(m, (ObserverBase, FakeQuantizeBase)) for m in model.modules())
+
+
+def convert_int8(model: nn.Module) -> nn.Module:
+    """An int8 copy on CPU (the only place int8 kernels run).
+
+    A copy, so a QAT run can keep training and checkpointing the float model afterwards.
+    The original stays on the CPU until convert is done: prepare() wraps each qconfig's
+    observer constructors in closures that read the device of the ORIGINAL module when convert
+    builds the weight observers, so converting while it sits on CUDA gives CUDA weight scales
+    and fails. `Module.to` moves parameters in place, so an optimizer keeps the same tensors.
+    """
+    device = next(model.parameters()).device
+    training = model.training
+    model.cpu()
+    try:
+        int8 = copy.deepcopy(model).eval()
+        with _quiet_deprecation():
+            tq.convert(int8, inplace=True)
+    finally:
+        model.to(device)
+        model.train(training)
+    return int8
+
+
+def disable_observers(model: nn.Module) -> None:
+    """Freeze the fake-quant ranges (QAT); the scales stay in use, they just stop moving.
+
+    PTQ observers have no off switch: they only observe while calibration batches run.
+    """
+    model.apply(tq.disable_observer)
+
+
+def enable_observers(model: nn.Module) -> None:
+    model.apply(tq.enable_observer)
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Stop fused ConvBn running stats late in QAT so the folded weights stop shifting."""
+    model.apply(nniqat.freeze_bn_stats)
+
+
+def fake_quant_scales(model: nn.Module) -> dict[str, float]:
+    """Scale of every fake-quant module (for logging); per-channel ones as '<name>.max'.
+
+    Plain observers are skipped: they hold min/max only, and computing a scale from them
+    (HistogramObserver) is a search too slow to run every logging step.
+    """
+    scales: dict[str, float] = {}
+    for name, m in model.named_modules():
+        scale = getattr(m, "scale", None)
+        if not isinstance(m, FakeQuantizeBase) or not isinstance(scale, Tensor):
+            continue
+        if scale.numel() == 1:
+            scales[name] = float(scale)
+        else:
+            scales[f"{name}.max"] = float(scale.max())
+    return scales
+
+
+def quantized_layers(model_int8: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Quantized conv / linear modules (fused ConvReLU etc. included) of a converted model."""
+    kinds = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear)
+    return [(name, m) for name, m in model_int8.named_modules() if isinstance(m, kinds)]
