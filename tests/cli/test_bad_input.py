@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import TINY
 
 BIN = Path(sys.executable).parent
 
@@ -28,8 +29,10 @@ def write_cifar_folder(root: Path, images_per_file: int = 20) -> Path:
     return folder
 
 
-def run_cli(*args: str, run_dir: Path, module: bool = False) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "labquant.train"] if module else [str(BIN / "labquant-train")]
+def run_cli(
+    *args: str, run_dir: Path, module: bool = False, prog: str = "labquant-train"
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "labquant.train"] if module else [str(BIN / prog)]
     return subprocess.run(
         [*command, *args, f"hydra.run.dir={run_dir}", "callbacks.progress_bar=null"],
         capture_output=True,
@@ -38,13 +41,15 @@ def run_cli(*args: str, run_dir: Path, module: bool = False) -> subprocess.Compl
     )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *needles: str, prog: str = "labquant-train"
+) -> str:
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, result.stderr[-2000:]
     line = errors[0]
-    assert line.startswith("labquant-train: error: ")
+    assert line.startswith(f"{prog}: error: ")
     for needle in needles:
         assert needle in line, line
     return line
@@ -97,4 +102,44 @@ def test_warmup_not_below_max_epochs(tmp_path: Path, warmup: int) -> None:
         run_dir=run_dir,
     )
     assert_one_line_error(result, f"scheduler.warmup_epochs={warmup}", "trainer.max_epochs")
+    assert_nothing_written(run_dir)
+
+
+# --- labquant-quantize
+
+QUANTIZE = "labquant-quantize"
+
+
+def test_quantize_without_ckpt_path(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("data=synthetic", run_dir=run_dir, prog=QUANTIZE)
+    assert_one_line_error(result, "ckpt_path", "labquant-train", prog=QUANTIZE)
+    assert_nothing_written(run_dir)
+
+
+def test_quantize_with_zero_calibration_batches(tmp_path: Path, tiny_fp32_run) -> None:
+    fp32, run = tiny_fp32_run
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        *TINY,
+        f"ckpt_path={run / fp32['checkpoint']}",
+        "quant.calibration_batches=0",
+        run_dir=run_dir,
+        prog=QUANTIZE,
+    )
+    assert_one_line_error(result, "quant.calibration_batches=0", prog=QUANTIZE)
+    assert_nothing_written(run_dir)
+
+
+def test_quantize_checkpoint_of_another_architecture(tmp_path: Path, tiny_fp32_run) -> None:
+    fp32, run = tiny_fp32_run
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        *TINY,
+        "model.base_width=16",
+        f"ckpt_path={run / fp32['checkpoint']}",
+        run_dir=run_dir,
+        prog=QUANTIZE,
+    )
+    assert_one_line_error(result, "ckpt_path=", "base_width=8", "base_width=16", prog=QUANTIZE)
     assert_nothing_written(run_dir)

@@ -1,0 +1,25 @@
+"""`labquant-lab`: the main job: FP32 training, PTQ and QAT, and the comparison report."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from labquant.cli.app import run_entry_point, run_task
+from labquant.cli.checks import CONF_DIR
+from labquant.lit.lab import run_lab
+
+PROG = "labquant-lab"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="lab")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_task(run_lab, cfg, PROG)
+
+
+def main() -> None:
+    run_entry_point(_hydra_main, PROG)
+
+
+if __name__ == "__main__":
+    main()

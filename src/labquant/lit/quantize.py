@@ -1,0 +1,217 @@
+"""PTQ and QAT stages: load an FP32 checkpoint, quantize it through Lightning's own loops and
+the quantization callbacks, and leave results.json + int8 files in the stage's folder."""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch import LightningDataModule
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from labquant.data.augment import normalize
+from labquant.data.cifar10 import (
+    BatchTensorDataset,
+    EpochBatchSampler,
+    EpochSeededRandomSampler,
+    TensorImageDataModule,
+)
+from labquant.errors import ConfigError
+from labquant.lit.callbacks import Int8Export, PrepareQuantization, QATSchedule
+from labquant.lit.fit import build_module, build_trainer, metrics_csv_path, model_name
+from labquant.quant.evaluate import cpu_latency, evaluate
+from labquant.quant.inspect import layer_table, worst_layers
+from labquant.reports.artifacts import write_json
+from labquant.reports.curves import plot_loss_accuracy
+
+FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
+
+
+class CalibrationData(LightningDataModule):
+    """Training images WITHOUT augmentation, served as a validation set so that Lightning's
+    own loop (`trainer.validate`) drives the PTQ observers."""
+
+    def __init__(self, source: TensorImageDataModule) -> None:
+        super().__init__()
+        self.source = source
+
+    def val_dataloader(self) -> DataLoader:
+        x, y = self.source.arrays("train")
+        sampler = EpochSeededRandomSampler(len(y), self.source.seed)
+        batches = EpochBatchSampler(sampler, self.source.batch_size, drop_last=False)
+        return DataLoader(BatchTensorDataset(x, y), batch_size=None, sampler=batches)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        return (normalize(x) if x.dtype == torch.uint8 else x), y
+
+
+def load_checkpoint(path: str | None) -> dict[str, Any]:
+    if not path:
+        raise ConfigError(f"ckpt_path is missing; {FIX_CKPT}")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"ckpt_path={file} does not exist; {FIX_CKPT}")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ConfigError(
+            f"ckpt_path={file} is unreadable or truncated ({type(error).__name__}); {FIX_CKPT}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={file} is not a Lightning checkpoint; {FIX_CKPT}")
+    return checkpoint
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(arch.items()))
+
+
+def load_fp32_net(cfg: DictConfig, checkpoint: dict[str, Any]) -> nn.Module:
+    """Build `cfg.model` and load the checkpoint's weights; another architecture is refused."""
+    net = hydra.utils.instantiate(cfg.model)
+    saved_arch = checkpoint.get("labquant_arch")
+    mismatch = f"ckpt_path={cfg.ckpt_path} holds a different network than model= builds"
+    fix = "pass the model=/experiment= overrides the checkpoint was trained with"
+    if saved_arch and saved_arch != getattr(net, "arch", saved_arch):
+        details = f"checkpoint: {_describe(saved_arch)}; config: {_describe(net.arch)}"
+        raise ConfigError(f"{mismatch} ({details}); {fix}")
+    state = {
+        k.removeprefix("net."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise ConfigError(f"{mismatch}; {fix}") from None
+    return net
+
+
+def serialized_mib(net: nn.Module) -> float:
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 2**20
+
+
+def check_quant_config(cfg: DictConfig) -> None:
+    batches = cfg.quant.get("calibration_batches")
+    if batches is not None and (not isinstance(batches, int) or batches < 1):
+        raise ConfigError(
+            f"quant.calibration_batches={batches} must be an integer >= 1; e.g. "
+            "quant.calibration_batches=32"
+        )
+    shift = cfg.qconfig.get("max_shift_amount")
+    if shift is not None and (not isinstance(shift, int) or not 0 <= shift <= 31):
+        raise ConfigError(f"qconfig.max_shift_amount={shift} must be an integer in 0..31; e.g. 8")
+
+
+def _calibrate(
+    cfg: DictConfig, module: pl.LightningModule, dm: TensorImageDataModule, export: Int8Export
+) -> None:
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=cfg.quant.calibration_batches,
+        callbacks=[
+            PrepareQuantization(
+                cfg.qconfig.name, qat=False, max_shift_amount=cfg.qconfig.max_shift_amount
+            ),
+            export,
+        ],
+    )
+    trainer.validate(module, datamodule=CalibrationData(dm), verbose=False)
+
+
+def _qat_config(cfg: DictConfig) -> DictConfig:
+    """Fine-tuning settings of the QAT stage over the FP32 recipe (fp32 precision: fake quant)."""
+    overrides: dict[str, Any] = {
+        "optimizer": {"lr": cfg.quant.lr},
+        "trainer": {"max_epochs": cfg.quant.epochs, "precision": "32-true"},
+        "channels_last": False,  # fake-quant modules are kept in the plain layout
+    }
+    if "warmup_epochs" in (cfg.get("scheduler") or {}):
+        overrides["scheduler"] = {"warmup_epochs": cfg.quant.warmup_epochs}
+    return OmegaConf.merge(cfg, overrides)
+
+
+def _fine_tune(
+    cfg: DictConfig, net: nn.Module, dm: TensorImageDataModule, export: Int8Export
+) -> str:
+    qat_cfg = _qat_config(cfg)
+    module = build_module(qat_cfg, net=net)
+    callbacks = [
+        PrepareQuantization(
+            cfg.qconfig.name, qat=True, max_shift_amount=cfg.qconfig.max_shift_amount
+        ),
+        QATSchedule(cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch),
+        export,
+    ]
+    trainer = build_trainer(qat_cfg, extra_callbacks=callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path="last" if cfg.get("resume") else None)
+    csv_path = metrics_csv_path(trainer)
+    if csv_path is not None and csv_path.exists():
+        title = f"{model_name(cfg)} QAT ({cfg.qconfig.name})"
+        plot_loss_accuracy(csv_path, Path(cfg.paths.output_dir) / "loss_accuracy.png", title=title)
+    return str(trainer.strategy.root_device)
+
+
+def quantize(cfg: DictConfig) -> dict[str, Any]:
+    """One PTQ or QAT stage; returns (and writes) its results.json."""
+    started = time.perf_counter()
+    check_quant_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    checkpoint = load_checkpoint(cfg.get("ckpt_path"))
+    pl.seed_everything(cfg.seed, workers=True)
+    dm: TensorImageDataModule = hydra.utils.instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+
+    fp32_net = load_fp32_net(cfg, checkpoint)
+    fp32_acc, _ = evaluate(copy.deepcopy(fp32_net), dm.test_dataloader())
+    net = copy.deepcopy(fp32_net)
+    export = Int8Export(dm, out_dir)
+    if cfg.quant.mode == "qat":
+        train_device = _fine_tune(cfg, net, dm, export)
+    else:
+        train_device = None
+        _calibrate(cfg, build_module(cfg, net=net), dm, export)
+    assert export.result is not None and export.int8_net is not None
+
+    batch: Tensor = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
+    layers = layer_table(fp32_net, net.cpu(), export.int8_net, batch)
+    results: dict[str, Any] = {
+        "stage": cfg.quant.mode,
+        "status": "complete",
+        "qconfig": cfg.qconfig.name,
+        "max_shift_amount": cfg.qconfig.max_shift_amount if cfg.qconfig.name == "pot" else None,
+        "model": model_name(cfg),
+        **export.result,
+        "fp32_test_acc": round(fp32_acc, 4),
+        "acc_drop": round(fp32_acc - export.result["test_acc"], 4),
+        "fp32_size_mib": serialized_mib(fp32_net),
+        "fp32_checkpoint": str(cfg.ckpt_path),
+        "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
+        "layers": layers,
+        "worst_layers": [layer["name"] for layer in worst_layers(layers)],
+    }
+    if cfg.quant.mode == "ptq":
+        results["calibration_batches"] = cfg.quant.calibration_batches
+    if cfg.quant.get("measure_latency", True):
+        results["latency"] = cpu_latency(export.int8_net)
+        results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
+    results["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(out_dir / "results.json", results)
+    return results

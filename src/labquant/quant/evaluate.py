@@ -1,0 +1,60 @@
+"""Plain evaluation loops for models that Lightning does not train: int8 (CPU only) and FP32
+references measured the same way, so accuracy drops compare like with like."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labquant.data.augment import normalize
+
+
+def _prepare_input(x: Tensor, device: torch.device | str) -> Tensor:
+    x = x.to(device)
+    return normalize(x) if x.dtype == torch.uint8 else x
+
+
+@torch.inference_mode()
+def evaluate(
+    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: str = "cpu"
+) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of `net` on uint8 or normalised batches."""
+    net.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in batches:
+        logits = net(_prepare_input(x, device))
+        y = y.to(device)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(1, total), loss_sum / max(1, total)
+
+
+@torch.inference_mode()
+def images_per_second(net: nn.Module, batch: Tensor, repeats: int = 5, warmup: int = 2) -> float:
+    """Median throughput over `repeats` timed forward passes after `warmup` untimed ones."""
+    net.eval()
+    for _ in range(warmup):
+        net(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        net(batch)
+        times.append(time.perf_counter() - start)
+    return len(batch) / statistics.median(times)
+
+
+def cpu_latency(net: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, float]:
+    """The report's two CPU figures: batch-1 latency (ms) and batch-256 throughput (img/s)."""
+    gen = torch.Generator().manual_seed(0)
+    one = torch.randn(1, *image_shape, generator=gen)
+    many = torch.randn(256, *image_shape, generator=gen)
+    return {
+        "latency_b1_ms": round(1000.0 / images_per_second(net, one, repeats=50, warmup=5), 3),
+        "img_s_b256": round(images_per_second(net, many, repeats=5, warmup=1), 1),
+    }

@@ -1,0 +1,163 @@
+"""PTQ / QAT stages end to end on a trained checkpoint: power-of-two scales read back from the
+saved int8 file, int8 vs FP32 agreement, file size, and kill-and-resume of QAT."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import QUANT_MODEL, TINY, compose_config
+
+from labquant.data.synthetic import SyntheticDataModule
+from labquant.lit.quantize import quantize
+from labquant.models import build_resnet
+
+BIN = Path(sys.executable).parent
+
+
+def _quantize(tmp: Path, checkpoint: Path, *overrides: str) -> dict:
+    cfg = compose_config("quantize", [*QUANT_MODEL, f"ckpt_path={checkpoint}", *overrides], tmp)
+    return quantize(cfg)
+
+
+@pytest.fixture(scope="module")
+def ptq_pot(fp32_checkpoint_run: tuple[dict, Path], tmp_path_factory: pytest.TempPathFactory):
+    fp32, run = fp32_checkpoint_run
+    out = tmp_path_factory.mktemp("ptq_pot")
+    results = _quantize(
+        out, run / fp32["checkpoint"], "quant=ptq", "qconfig=pot", "quant.calibration_batches=8"
+    )
+    return results, out
+
+
+def _all_scales(state_dict: dict) -> list[float]:
+    scales: list[float] = []
+    for key, value in state_dict.items():
+        if key.endswith(".scale"):
+            scales.append(float(value))
+        elif isinstance(value, torch.Tensor) and value.is_quantized:
+            if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                scales.append(float(value.q_scale()))
+            else:
+                scales += [float(s) for s in value.q_per_channel_scales()]
+    return scales
+
+
+def test_every_pot_scale_is_an_exact_power_of_two(ptq_pot) -> None:
+    results, out = ptq_pot
+    state_dict = torch.load(out / results["int8_state_dict"], weights_only=False)
+    scales = _all_scales(state_dict)
+    weight_scales = [
+        k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_quantized
+    ]
+    assert len(scales) > 20 and weight_scales  # activations and weights both read back
+    for scale in scales:
+        mantissa, _ = math.frexp(scale)
+        n = -math.log2(scale)
+        assert mantissa == 0.5, scale  # exactly 2**k
+        assert 0 <= n <= results["max_shift_amount"] and n == int(n), scale
+
+
+def test_results_json_of_a_quantization_stage(ptq_pot) -> None:
+    results, out = ptq_pot
+    for key in (
+        "stage",
+        "qconfig",
+        "test_acc",
+        "fp32_test_acc",
+        "acc_drop",
+        "size_mib",
+        "fp32_size_mib",
+        "layers",
+        "wall_time_s",
+    ):
+        assert key in results, key
+    assert results["stage"] == "ptq" and results["qconfig"] == "pot"
+    assert results["acc_drop"] == pytest.approx(results["fp32_test_acc"] - results["test_acc"])
+    assert results["size_mib"] == pytest.approx(
+        (out / "model_int8_state_dict.pt").stat().st_size / 2**20
+    )
+    layer = results["layers"][0]
+    assert {"name", "scale", "zero_point", "weight_scale", "clamp", "sqnr_db"} <= set(layer)
+    assert all(
+        math.isfinite(layer["sqnr_db"]) and layer["sqnr_db"] > 5 for layer in results["layers"]
+    )
+
+
+@pytest.mark.parametrize("qconfig", ["x86", "pot"])
+def test_int8_agrees_with_fp32_and_is_small(
+    fp32_checkpoint_run, tmp_path: Path, qconfig: str
+) -> None:
+    fp32, run = fp32_checkpoint_run
+    results = _quantize(
+        tmp_path,
+        run / fp32["checkpoint"],
+        "quant=ptq",
+        f"qconfig={qconfig}",
+        "quant.calibration_batches=16",
+        "quant.measure_latency=false",
+    )
+    int8 = torch.jit.load(tmp_path / "model_int8.pt")
+    net = build_resnet(**fp32["arch"]).eval()
+    net.load_state_dict(torch.load(run / "model_fp32_state_dict.pt"))
+    # A held-out batch of the same synthetic task: test images, never trained or calibrated on.
+    held_out = SyntheticDataModule(num_train=1200, num_test=512, val_size=200)
+    held_out.setup()
+    from labquant.data.augment import normalize
+
+    x = normalize(held_out.arrays("test")[0])
+    with torch.inference_mode():
+        agree = (int8(x).argmax(1) == net(x).argmax(1)).float().mean().item()
+    assert agree >= 0.95, agree
+    assert results["size_mib"] <= 0.27 * results["fp32_size_mib"]
+
+
+def test_qat_kill_and_resume_matches_uninterrupted(tiny_fp32_run, tmp_path: Path) -> None:
+    fp32, run = tiny_fp32_run
+    common = [
+        *TINY,
+        f"ckpt_path={run / fp32['checkpoint']}",
+        "quant=qat",
+        "quant.epochs=3",
+        "quant.freeze_bn_epoch=1",
+        "quant.freeze_observer_epoch=2",
+        "quant.measure_latency=false",
+    ]
+
+    def command(run_dir: Path, *extra: str) -> list[str]:
+        return [str(BIN / "labquant-quantize"), *common, *extra, f"hydra.run.dir={run_dir}"]
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it get into the next epoch
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists()
+
+    subprocess.run(command(killed, "resume=true"), check=True, capture_output=True, timeout=600)
+    import json
+
+    a = json.loads((straight / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    assert b["test_acc"] == pytest.approx(a["test_acc"], abs=1e-6)
+    assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-6)
