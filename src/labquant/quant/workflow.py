@@ -56,20 +56,14 @@ def prepare_ptq(model: nn.Module, qconfig: QConfig) -> nn.Module:
     """Fuse (BN folded, eval mode) and insert observers, in place, ready for calibration."""
     model.eval()
     model.fuse_model(is_qat=False)
-    model.qconfig = qconfig
-    with _quiet_deprecation():
-        tq.prepare(model, inplace=True)
-    return model
+    return attach_observers(model, qconfig)
 
 
 def prepare_qat(model: nn.Module, qconfig: QConfig) -> nn.Module:
     """Fuse (BN kept trainable, train mode) and insert fake-quant modules, in place."""
     model.train()
     model.fuse_model(is_qat=True)
-    model.qconfig = qconfig
-    with _quiet_deprecation():
-        tq.prepare_qat(model, inplace=True)
-    return model
+    return attach_fake_quant(model, qconfig)
 
 
 def is_prepared(model: nn.Module) -> bool:
@@ -101,6 +95,37 @@ def convert_int8(model: nn.Module) -> nn.Module:
         model.to(device)
         model.train(training)
     return int8
+
+
+def attach_observers(model: nn.Module, qconfig: QConfig) -> nn.Module:
+    """`prepare` alone, in place: no fusion, no mode change.
+
+    `prepare_ptq` always fuses in eval mode first; the mode matrix (quant/modes.py) needs the
+    bare call to see what happens with other fusions and in train mode.
+    """
+    model.qconfig = qconfig
+    with _quiet_deprecation():
+        tq.prepare(model, inplace=True)
+    return model
+
+
+def attach_fake_quant(model: nn.Module, qconfig: QConfig) -> nn.Module:
+    """`prepare_qat` alone, in place: no fusion, no mode change (see `attach_observers`)."""
+    model.qconfig = qconfig
+    with _quiet_deprecation():
+        tq.prepare_qat(model, inplace=True)
+    return model
+
+
+def convert_in_place(model: nn.Module) -> nn.Module:
+    """`convert` where the model is, in its current mode, without a copy.
+
+    Unlike `convert_int8` this does not move to the CPU or switch to eval: the mode matrix uses
+    it to record what convert does on CUDA and in train mode.
+    """
+    with _quiet_deprecation():
+        tq.convert(model, inplace=True)
+    return model
 
 
 def disable_observers(model: nn.Module) -> None:
