@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.conftest import TINY
 
 BIN = Path(sys.executable).parent

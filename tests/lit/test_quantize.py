@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import QUANT_MODEL, TINY, compose_config
 
 from labquant.data.synthetic import SyntheticDataModule
 from labquant.lit.quantize import quantize
 from labquant.models import build_resnet
+from tests.conftest import QUANT_MODEL, TINY, compose_config
 
 BIN = Path(sys.executable).parent
 

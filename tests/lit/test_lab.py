@@ -1,0 +1,68 @@
+"""labquant-lab end to end (tiny budget): one folder, FP32 -> PTQ -> QAT, report from results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labquant.lit.lab import run_lab
+from tests.conftest import TINY, compose_config
+
+LAB = [
+    *TINY,
+    "trainer.max_epochs=2",
+    "scheduler.warmup_epochs=1",
+    "lab.qat.epochs=1",
+    "lab.qat.freeze_bn_epoch=0",
+    "lab.qat.freeze_observer_epoch=1",
+    "lab.ptq.calibration_batches=4",
+    "lab.ptq.measure_latency=true",
+]
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lab") / "lab"
+    run_lab(compose_config("lab", LAB, out))
+    return out
+
+
+def test_report_rows_follow_the_stages(lab_dir: Path) -> None:
+    report = json.loads((lab_dir / "report.json").read_text())
+    rows = report["rows"]
+    assert [(r["stage"], r["qconfig"]) for r in rows] == [
+        ("fp32", None),
+        ("ptq", "pot"),
+        ("qat", "pot"),
+    ]
+    for row in rows:
+        stage = json.loads((lab_dir / row["dir"] / "results.json").read_text())
+        assert row["test_acc"] == stage["test_acc"]
+        assert row["size_mib"] == stage["size_mib"]
+        assert row["latency_b1_ms"] > 0 and row["img_s_b256"] > 0
+    fp32 = rows[0]
+    for row in rows[1:]:
+        assert row["acc_drop"] == pytest.approx(fp32["test_acc"] - row["test_acc"], abs=1e-3)
+        assert (lab_dir / row["dir"] / "model_int8.pt").is_file()
+
+
+def test_report_md_has_the_table_and_worst_layers(lab_dir: Path) -> None:
+    text = (lab_dir / "report.md").read_text()
+    header = (
+        "| Model | Size (MiB) | Accuracy (%) | Accuracy Drop (pp) | CPU latency batch 1 (ms) "
+        "| CPU img/s batch 256 | qconfig |"
+    )
+    assert header in text
+    assert "| FP32 |" in text and "| PTQ |" in text and "| QAT |" in text
+    assert text.count("Five worst layers") == 2
+    assert "fp32/loss_accuracy.png" in text and "qat_pot/loss_accuracy.png" in text
+
+
+def test_rerun_in_the_same_folder_skips_finished_stages(lab_dir: Path) -> None:
+    stamps = {p: p.stat().st_mtime_ns for p in lab_dir.glob("*/results.json")}
+    assert len(stamps) == 3
+    run_lab(compose_config("lab", LAB, lab_dir))
+    assert {p: p.stat().st_mtime_ns for p in lab_dir.glob("*/results.json")} == stamps
+    assert (lab_dir / "report.md").is_file()
