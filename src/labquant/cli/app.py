@@ -1,18 +1,23 @@
-"""What every entry point shares: checks before Hydra starts and one-line user errors."""
+"""What every entry point shares: checks before Hydra starts, one-line user errors, results that
+say when a run failed, completed runs that are skipped (sweeps) or protected (single runs)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from labquant.cli.checks import check_group_overrides
-from labquant.errors import UserError
+from labquant.errors import ConfigError, UserError
+from labquant.reports.artifacts import read_json, write_json
 
 log = logging.getLogger(__name__)
 USER_ERROR_EXIT = 2
@@ -32,16 +37,87 @@ def run_entry_point(hydra_main: Callable[[], Any], prog: str) -> None:
     hydra_main()
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
-    """Run one Hydra job; a UserError becomes one line and exit code 2.
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
-    In a multirun the error is re-raised instead, so the launcher records this job as failed
-    and the other jobs of the sweep still run.
+
+def _job_threads() -> int | None:
+    """Threads for this job when several jobs share a machine, else None (torch's default).
+
+    joblib runs `n_jobs` jobs at once (-1: one per core); submitit gives each job
+    `cpus_per_task` cores.
     """
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "Joblib" in target:
+        n_jobs = launcher.get("n_jobs") or -1
+        return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def share_cores() -> None:
+    """Give each parallel job its share of the cores: 2 jobs x 2 threads on 2 cores spin and
+    thrash instead of working."""
+    threads = _job_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def completed_results(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "results.json"
+    try:
+        results = read_json(path) if path.is_file() else None
+    except ValueError:
+        return None
+    return results if results and results.get("status") == "complete" else None
+
+
+def write_failure(out_dir: Path, error: BaseException) -> None:
+    """results.json that says the run failed and why (sweep tables show its first line)."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    write_json(
+        out_dir / "results.json",
+        {"status": "failed", "error_type": type(error).__name__, "error": first_line[:300]},
+    )
+
+
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
+    """Run one Hydra job.
+
+    A UserError becomes one line and exit code 2 in a single run. In a multirun it is recorded
+    in results.json and re-raised, so the launcher marks this job failed, the other jobs still
+    run, and the sweep ends non-zero. A folder with a complete result is skipped in a sweep and
+    refused in a single run unless `overwrite=true`.
+    """
+    multirun = _is_multirun()
+    out_dir = Path(cfg.paths.output_dir)
+    done = completed_results(out_dir)
+    if done is not None:
+        if multirun:
+            log.info("%s holds a complete results.json: not rerun", out_dir)
+            return done
+        if not cfg.get("overwrite", False):
+            fail(
+                prog,
+                ConfigError(
+                    f"{out_dir} already holds a complete results.json; pass overwrite=true to "
+                    "replace it, or choose another hydra.run.dir"
+                ),
+            )
+    share_cores()
     try:
         return task(cfg)
     except UserError as error:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("%s", error)
-            raise
-        fail(prog, error)
+        if not multirun:
+            fail(prog, error)
+        log.error("%s", error)
+        write_failure(out_dir, error)
+        raise
+    except Exception as error:
+        write_failure(out_dir, error)
+        raise

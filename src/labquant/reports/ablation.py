@@ -1,0 +1,163 @@
+"""The ablation table: one row per job of a sweep, read from the jobs' own files.
+
+A Hydra callback rebuilds it after every job (so a failing or killed job never loses the rows
+before it) and once more at the end of the multirun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import labquant.cli.resolvers  # noqa: F401  (the saved configs use ${lq.step_epoch:...})
+from labquant.reports.artifacts import read_json, write_atomic, write_text
+from labquant.reports.curves import read_epoch_metrics
+
+COLUMNS = (
+    "#",
+    "learning rate",
+    "scheduler",
+    "weight decay",
+    "momentum",
+    "final val acc (%)",
+    "best val acc (%)",
+    "test acc (%)",
+    "epochs",
+    "wall time (s)",
+    "status",
+)
+
+
+def describe_scheduler(cfg: DictConfig) -> str:
+    scheduler = cfg.get("scheduler") or {}
+    target = str(scheduler.get("_target_", ""))
+    if not target:
+        return "none"
+    if target.endswith("StepLR"):
+        return f"StepLR (x{scheduler.gamma} at epoch {scheduler.step_size})"
+    if target.endswith("WarmupCosineAnnealingLR"):
+        return f"WarmupCosineAnnealingLR (warmup {scheduler.warmup_epochs})"
+    return target.rsplit(".", 1)[-1]
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra/config.yaml").is_file()]
+    return sorted(dirs, key=lambda p: (len(p.name), p.name))
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    cfg = OmegaConf.load(job_dir / ".hydra/config.yaml")
+    path = job_dir / "results.json"
+    results: dict[str, Any] = read_json(path) if path.is_file() else {}
+    status = results.get("status")
+    if status == "complete":
+        state = "ok"
+    elif status == "failed":
+        state = f"FAILED: {results.get('error', '?')}"
+    else:
+        state = "FAILED: no results.json (killed or still running)"
+    return {
+        "#": cfg.get("ablation_row") or "-",
+        "job": job_dir.name,
+        "learning rate": cfg.optimizer.lr,
+        "scheduler": describe_scheduler(cfg),
+        "weight decay": cfg.optimizer.weight_decay,
+        "momentum": cfg.optimizer.momentum,
+        "final val acc (%)": results.get("val_acc"),
+        "best val acc (%)": results.get("best_val_acc"),
+        "test acc (%)": results.get("test_acc"),
+        "epochs": results.get("epochs"),
+        "wall time (s)": results.get("wall_time_s"),
+        "status": state,
+        "max_epochs": cfg.trainer.max_epochs,
+        "step_scaled": describe_scheduler(cfg).startswith("StepLR")
+        and cfg.scheduler.step_size != 20,
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:g}"
+    return str(value).replace("|", "/")
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    notes = []
+    if any(row["step_scaled"] for row in rows):
+        row = next(row for row in rows if row["step_scaled"])
+        notes.append(
+            f"StepLR: the lab drops the lr at epoch 20 of 40; with trainer.max_epochs="
+            f"{row['max_epochs']} that epoch is outside the budget, so the drop is scaled to "
+            f"the same fraction: {row['scheduler']}."
+        )
+    notes.append(
+        "Accuracies in %: final val = last epoch, best val = best epoch (its "
+        "checkpoint is the one tested), test = best checkpoint on the test set."
+    )
+    return "\n".join(["# Ablation", "", *lines, "", *(f"- {n}" for n in notes), ""])
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        metrics = sweep_dir / row["job"] / "metrics.csv"
+        points = read_epoch_metrics(metrics).get("val/acc", []) if metrics.is_file() else []
+        if points:
+            epochs, values = zip(*points, strict=True)
+            label = (
+                f"#{row['#']}: lr {row['learning rate']}, {row['scheduler']}, "
+                f"wd {row['weight decay']}, m {row['momentum']}"
+            )
+            ax.plot([e + 1 for e in epochs], [100 * v for v in values], "-o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Ablation: validation accuracy")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_ablation(sweep_dir: Path) -> list[dict[str, Any]]:
+    """ablation.md, ablation.csv and ablation_curves.png in the sweep folder."""
+    sweep_dir = Path(sweep_dir)
+    rows = [job_row(job_dir) for job_dir in _job_dirs(sweep_dir)]
+    write_text(sweep_dir / "ablation.md", markdown(rows))
+    write_csv(sweep_dir / "ablation.csv", rows)
+    plot_curves(sweep_dir, rows, sweep_dir / "ablation_curves.png")
+    return rows
+
+
+class AblationTableCallback(Callback):
+    """Hydra callback: keeps the sweep's ablation table current."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_ablation(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_ablation(Path(config.hydra.sweep.dir))
