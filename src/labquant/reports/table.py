@@ -96,7 +96,7 @@ def write_lab_report(
         ]
         parts += ["", f"Shift clamp hit in: {', '.join(hits) if hits else 'no layer'}.", ""]
     curves = [
-        f"- {row['stage'].upper()} {row['qconfig'] or ''}: "
+        f"- {' '.join(filter(None, [row['stage'].upper(), row['qconfig']]))}: "
         f"[{row['dir']}/loss_accuracy.png]({row['dir']}/loss_accuracy.png)"
         for row in rows
         if (lab_dir / row["dir"] / "loss_accuracy.png").exists()
