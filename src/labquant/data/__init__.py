@@ -12,12 +12,11 @@ from labquant.data.cifar10 import (
     CIFAR10_MD5,
     CIFAR10_URL,
     CIFAR10DataModule,
-    EpochSeededRandomSampler,
-    TensorImageDataModule,
     download_cifar10,
     read_cifar10_folder,
 )
 from labquant.data.synthetic import SyntheticDataModule
+from labquant.data.tensors import EpochSeededRandomSampler, TensorImageDataModule
 
 __all__ = [
     "CIFAR10_MD5",

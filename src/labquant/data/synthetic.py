@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labquant.data.augment import gather_crops
-from labquant.data.cifar10 import TensorImageDataModule, derive_seed
+from labquant.data.tensors import TensorImageDataModule, derive_seed
 from labquant.errors import ConfigError
 
 _TEMPLATE_STREAM, _TRAIN_STREAM, _TEST_STREAM = 0, 1, 2

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from labquant.data.augment import normalize
-from labquant.data.cifar10 import (
+from labquant.data.tensors import (
     BatchTensorDataset,
     EpochBatchSampler,
     EpochSeededRandomSampler,
