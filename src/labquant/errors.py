@@ -11,3 +11,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
     """Missing, truncated or corrupt data files."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf; almost always a learning rate too high for the setup."""

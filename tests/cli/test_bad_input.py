@@ -144,3 +144,12 @@ def test_quantize_checkpoint_of_another_architecture(tmp_path: Path, tiny_fp32_r
     )
     assert_one_line_error(result, "ckpt_path=", "base_width=8", "base_width=16", prog=QUANTIZE)
     assert_nothing_written(run_dir)
+
+
+def test_diverging_learning_rate_stops_with_epoch_step_and_lr(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, "trainer.max_epochs=3", "optimizer.lr=1e4", run_dir=run_dir)
+    line = assert_one_line_error(result, "training diverged", "epoch 0", "optimizer.lr")
+    assert " step " in line
+    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / "checkpoints").exists()  # stopped before the first epoch ended

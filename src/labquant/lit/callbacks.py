@@ -9,6 +9,7 @@ QAT callback prepared in `on_fit_start`, too late for that, and was removed).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from labquant.errors import TrainingDiverged
 from labquant.quant import workflow
 from labquant.quant.evaluate import evaluate
 from labquant.quant.qconfigs import backend_for, get_qconfig
@@ -48,6 +50,49 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.perf_counter() - self._started
         pl_module.log_dict({"perf/epoch_s": seconds, "perf/train_img_s": self._images / seconds})
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stop training within one step of a NaN / inf loss, with an error that names the epoch,
+    the step and the learning rate.
+
+    Each step's loss is copied to the host without blocking and checked at the next step, so
+    the GPU never waits for it (on the CPU the copy is immediate anyway).
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, int, int] | None = None
+
+    def _check_pending(self, trainer: pl.Trainer) -> None:
+        if self._pending is None:
+            return
+        loss, epoch, step = self._pending
+        self._pending = None
+        if not torch.isfinite(loss).item():
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+            raise TrainingDiverged(
+                f"training diverged: loss is {loss.item()} at epoch {epoch}, step {step}; the "
+                f"learning rate is the likely cause: lower optimizer.lr (now {lr:g})"
+            )
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._check_pending(trainer)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            host = loss.detach().to("cpu", non_blocking=True)
+            self._pending = (host, trainer.current_epoch, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._check_pending(trainer)
 
 
 class PrepareQuantization(pl.Callback):
@@ -132,7 +177,9 @@ class Int8Export(pl.Callback):
         # Traced, not scripted: the forward loops over stages by name, which script rejects,
         # and a traced int8 graph has no data-dependent control flow to lose.
         example = torch.zeros(1, *self.datamodule.image_shape)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The quantize stub's scale and zero point ARE constants of the converted model.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(int8, example)
         write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: torch.jit.save(traced, tmp))
         state_path = self.output_dir / INT8_STATE_DICT
