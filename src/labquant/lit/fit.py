@@ -96,7 +96,12 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # resume=true continues from <run dir>/checkpoints/last.ckpt (Lightning's "last").
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path="last" if cfg.get("resume") else cfg.get("ckpt_path"),
+    )
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback
