@@ -94,3 +94,43 @@ def fp32_checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict,
     results = fit_fp32(cfg)
     GlobalHydra.instance().clear()
     return results, out
+
+
+def kill_then_resume(command: Callable[..., list[str]], tmp_path: Path) -> tuple[dict, dict]:
+    """Run `command(dir)` once straight through, once killed with SIGKILL shortly after its
+    first last.ckpt and then rerun with `resume=true`; return both runs' results.json.
+
+    Also checks the rerun really restored the checkpoint: a deterministic rerun from scratch
+    would match the numbers as well.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(
+        command(killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next epoch
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists()
+    resumed = subprocess.run(
+        command(killed, "resume=true"), check=True, capture_output=True, text=True, timeout=600
+    )
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    return (
+        json.loads((straight / "results.json").read_text()),
+        json.loads((killed / "results.json").read_text()),
+    )

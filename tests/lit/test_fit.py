@@ -81,41 +81,14 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     """kill -9 once the first epoch's last.ckpt exists; `resume=true` in the same folder must
     end exactly where an uninterrupted run ends (data order and augmentation depend only on
     seed and epoch)."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from tests.conftest import TINY
+    from tests.conftest import TINY, kill_then_resume
 
     def command(run_dir: Path, *extra: str) -> list[str]:
         binary = str(Path(sys.executable).parent / "labquant-train")
         return [binary, *TINY, "trainer.max_epochs=3", *extra, f"hydra.run.dir={run_dir}"]
 
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
-    process = subprocess.Popen(
-        command(killed),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the next epoch
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (killed / "results.json").exists()
-    resumed = subprocess.run(
-        command(killed, "resume=true"), check=True, capture_output=True, text=True, timeout=600
-    )
-    # It really continued from the checkpoint (a fresh deterministic rerun would match too).
-    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
-    a = json.loads((straight / "results.json").read_text())
-    b = json.loads((killed / "results.json").read_text())
+    a, b = kill_then_resume(command, tmp_path)
     for key in ("test_acc", "test_loss", "val_acc", "best_val_acc", "epochs"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key

@@ -4,11 +4,7 @@ saved int8 file, int8 vs FP32 agreement, file size, and kill-and-resume of QAT."
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ import torch
 from labquant.data.synthetic import SyntheticDataModule
 from labquant.lit.quantize import quantize
 from labquant.models import build_resnet
-from tests.conftest import QUANT_MODEL, TINY, compose_config
+from tests.conftest import QUANT_MODEL, TINY, compose_config, kill_then_resume
 
 BIN = Path(sys.executable).parent
 
@@ -134,34 +130,6 @@ def test_qat_kill_and_resume_matches_uninterrupted(tiny_fp32_run, tmp_path: Path
     def command(run_dir: Path, *extra: str) -> list[str]:
         return [str(BIN / "labquant-quantize"), *common, *extra, f"hydra.run.dir={run_dir}"]
 
-    straight = tmp_path / "straight"
-    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(killed),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)  # let it get into the next epoch
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (killed / "results.json").exists()
-
-    resumed = subprocess.run(
-        command(killed, "resume=true"), check=True, capture_output=True, text=True, timeout=600
-    )
-    # It really continued from the checkpoint (a fresh deterministic rerun would match too).
-    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
-    import json
-
-    a = json.loads((straight / "results.json").read_text())
-    b = json.loads((killed / "results.json").read_text())
+    a, b = kill_then_resume(command, tmp_path)
     assert b["test_acc"] == pytest.approx(a["test_acc"], abs=1e-6)
     assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-6)
