@@ -10,9 +10,15 @@ import warnings
 import pytest
 import torch
 from torch.ao.quantization import FakeQuantize
+from torch.overrides import TorchFunctionMode
 
 from labquant.errors import ConfigError
-from labquant.quant.observers import CusQuantObserver, clamp_status, scale_approximate
+from labquant.quant.observers import (
+    CusQuantObserver,
+    PotFakeQuantize,
+    clamp_status,
+    scale_approximate,
+)
 
 
 def assert_power_of_two(scale: torch.Tensor, max_shift_amount: int = 8) -> None:
@@ -179,9 +185,10 @@ def test_clamp_flags_travel_with_state_dict_pickle_and_deepcopy():
     ("dtype", "qmin", "qmax", "zero_point"),
     [(torch.quint8, 0, 255, 128), (torch.qint8, -128, 127, 0)],
 )
-def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point):
+@pytest.mark.parametrize("fake_quant", [FakeQuantize, PotFakeQuantize])
+def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point, fake_quant):
     """FakeQuantize forwards max_shift_amount to the observer and trains on its scale."""
-    factory = FakeQuantize.with_args(
+    factory = fake_quant.with_args(
         observer=CusQuantObserver,
         quant_min=qmin,
         quant_max=qmax,
@@ -202,3 +209,65 @@ def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point):
     for clone in (copy.deepcopy(fq), pickle.loads(pickle.dumps(fq))):
         assert torch.equal(clone.scale, fq.scale)
         assert clone.activation_post_process.clamp_status == "underflow"
+
+
+class HostReads(TorchFunctionMode):
+    """Records every tensor-to-Python conversion: each is a device sync on a GPU."""
+
+    READS = frozenset({"__bool__", "item", "__float__", "__int__", "__index__", "tolist"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def pot_fake_quant() -> PotFakeQuantize:
+    return PotFakeQuantize(
+        observer=CusQuantObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_symmetric,
+    )
+
+
+def test_qat_step_of_pot_fake_quant_never_reads_a_tensor_on_the_host():
+    """No `if tensor:` per step: on a GPU each would stall the device."""
+    fq = pot_fake_quant()
+    x = torch.randn(8, 4, requires_grad=True)
+    with HostReads() as spy:
+        fq(x).sum().backward()
+        fq(x * 1e6)  # overflow bookkeeping too
+    assert spy.reads == []
+    # The spy does see reads: torch's FakeQuantize makes two per call.
+    plain = FakeQuantize(
+        observer=CusQuantObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_symmetric,
+    )
+    with HostReads() as spy:
+        plain(x)
+    assert spy.reads.count("__bool__") >= 2
+
+
+def test_pot_fake_quant_switches_survive_a_checkpoint():
+    """The host-side on/off mirrors follow the buffers when a state_dict is loaded (resume)."""
+    frozen = pot_fake_quant()
+    frozen(torch.randn(16))
+    frozen.disable_observer()
+    frozen.disable_fake_quant()
+    restored = pot_fake_quant()
+    restored.load_state_dict(frozen.state_dict())
+    x = torch.randn(16) * 100
+    assert torch.equal(restored(x), x)  # fake quant off
+    assert torch.equal(restored.scale, frozen.scale)  # observer off: the scale did not move
+    restored.enable_fake_quant()
+    assert not torch.equal(restored(x), x)

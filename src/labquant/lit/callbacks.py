@@ -9,7 +9,6 @@ QAT callback prepared in `on_fit_start`, too late for that, and was removed).
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from labquant.errors import TrainingDiverged
 from labquant.quant import workflow
 from labquant.quant.evaluate import evaluate
+from labquant.quant.export import to_torchscript
 from labquant.quant.qconfigs import backend_for, get_qconfig
 from labquant.reports.artifacts import file_size_mib, write_atomic
 
@@ -162,6 +162,7 @@ class Int8Export(pl.Callback):
         self.output_dir = Path(output_dir)
         self.result: dict[str, Any] | None = None
         self.int8_net: torch.nn.Module | None = None
+        self.int8_script: torch.jit.ScriptModule | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.export(pl_module)
@@ -174,17 +175,12 @@ class Int8Export(pl.Callback):
         int8 = workflow.convert_int8(pl_module.net)
         test_acc, test_loss = evaluate(int8, self.datamodule.test_dataloader())
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        # Traced, not scripted: the forward loops over stages by name, which script rejects,
-        # and a traced int8 graph has no data-dependent control flow to lose.
-        example = torch.zeros(1, *self.datamodule.image_shape)
-        with torch.inference_mode(), warnings.catch_warnings():
-            # The quantize stub's scale and zero point ARE constants of the converted model.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            traced = torch.jit.trace(int8, example)
-        write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: torch.jit.save(traced, tmp))
+        script = to_torchscript(int8, torch.zeros(1, *self.datamodule.image_shape))
+        write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: torch.jit.save(script, tmp))
         state_path = self.output_dir / INT8_STATE_DICT
         write_atomic(state_path, lambda tmp: torch.save(int8.state_dict(), tmp))
         self.int8_net = int8
+        self.int8_script = script
         self.result = {
             "test_acc": round(test_acc, 4),
             "test_loss": test_loss,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.ao.quantization import FakeQuantize
 from torch.ao.quantization.observer import MinMaxObserver
 
 from labquant.errors import ConfigError
@@ -143,17 +144,23 @@ class CusQuantObserver(MinMaxObserver):
         return torch.tensor([zp], dtype=torch.int64, device=self.min_val.device)
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """MinMaxObserver's symmetric scale, rounded to 2**-n; never raises on odd statistics."""
+        """MinMaxObserver's symmetric scale, rounded to 2**-n; never raises on odd statistics.
+
+        Tensor ops only, no `if tensor:`: in GPU QAT this runs for every fake-quant module at
+        every step, and each host read would stall the device (torch's own version has three).
+        """
         zero_point = self._symmetric_zero_point()
-        if not bool(self.min_val <= self.max_val):  # nothing observed yet (inf / -inf)
-            return torch.ones(1, device=zero_point.device), zero_point
-        raw_scale, _ = super().calculate_qparams()
-        max_abs = torch.max(-self.min_val, self.max_val)
-        if bool(max_abs > 0):  # an all-zero tensor loses no precision: not an underflow
-            status = clamp_status(raw_scale, self.max_shift_amount)
-            self.clamp_overflow |= status == "overflow"
-            self.clamp_underflow |= status == "underflow"
-        return scale_approximate(raw_scale, self.max_shift_amount), zero_point
+        observed = self.min_val <= self.max_val  # False before any data (min=inf, max=-inf)
+        max_abs = torch.max(-self.min_val.clamp(max=0.0), self.max_val.clamp(min=0.0))
+        # torch's symmetric formula: max|x| over half the integer range, at least eps.
+        half_range = (self.quant_max - self.quant_min) / 2
+        raw_scale = torch.max(max_abs / half_range, self.eps.reshape(()))
+        shift = _shift_amount(raw_scale)
+        counts = observed & (max_abs > 0)  # an all-zero tensor loses no precision
+        self.clamp_overflow |= counts & ((shift < 0) | torch.isnan(raw_scale))
+        self.clamp_underflow |= counts & (shift > self.max_shift_amount)
+        scale = torch.where(observed, scale_approximate(raw_scale, self.max_shift_amount), 1.0)
+        return scale.reshape(1), zero_point
 
     @property
     def clamp_status(self) -> str:
@@ -164,3 +171,44 @@ class CusQuantObserver(MinMaxObserver):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_shift_amount={self.max_shift_amount}"
+
+
+class PotFakeQuantize(FakeQuantize):
+    """FakeQuantize for CusQuantObserver whose on/off switches are mirrored on the host.
+
+    torch's FakeQuantize.forward tests its `observer_enabled` / `fake_quant_enabled` buffers
+    with `if buffer[0] == 1`: on a GPU that is a device-to-host sync per module per step. The
+    mirrors change with enable_*/disable_* (what the QAT schedule calls) and are refreshed from
+    the buffers when a checkpoint is loaded, so a resumed run switches the same way.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._observing = True
+        self._fake_quantizing = True
+
+    def enable_observer(self, enabled: bool = True) -> None:
+        super().enable_observer(enabled)
+        self._observing = bool(enabled)
+
+    def enable_fake_quant(self, enabled: bool = True) -> None:
+        super().enable_fake_quant(enabled)
+        self._fake_quantizing = bool(enabled)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._observing = bool(self.observer_enabled[0] == 1)
+        self._fake_quantizing = bool(self.fake_quant_enabled[0] == 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._observing:
+            self.activation_post_process(x.detach())
+            scale, zero_point = self.calculate_qparams()
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero_point)
+        if not self._fake_quantizing:
+            return x
+        observer = self.activation_post_process
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale, self.zero_point, observer.quant_min, observer.quant_max
+        )

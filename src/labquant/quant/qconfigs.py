@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch.ao.quantization import (
-    FakeQuantize,
     QConfig,
     get_default_qat_qconfig,
     get_default_qconfig,
 )
 
 from labquant.errors import ConfigError
-from labquant.quant.observers import CusQuantObserver, check_max_shift_amount
+from labquant.quant.observers import CusQuantObserver, PotFakeQuantize, check_max_shift_amount
 
 QCONFIG_NAMES = ("x86", "fbgemm", "qnnpack", "pot")
 
@@ -27,9 +26,10 @@ def _check_name(name: str) -> None:
 def _pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
     """Both weights and activations symmetric per-tensor with 2**-n scales.
 
-    QAT uses plain FakeQuantize, not torch's default FusedMovingAvgObsFakeQuantize: the fused
-    C++ kernel computes its own scale and never calls the observer's calculate_qparams, so
-    training would see non-power-of-two scales while `convert` used power-of-two ones.
+    QAT uses a plain FakeQuantize (PotFakeQuantize: the same, without per-step host syncs),
+    not torch's default FusedMovingAvgObsFakeQuantize: the fused C++ kernel computes its own
+    scale and never calls the observer's calculate_qparams, so training would see
+    non-power-of-two scales while `convert` used power-of-two ones.
     """
     common = {"qscheme": torch.per_tensor_symmetric, "max_shift_amount": max_shift_amount}
     act = {"dtype": torch.quint8, **common}
@@ -40,10 +40,10 @@ def _pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
             weight=CusQuantObserver.with_args(**wgt),
         )
     return QConfig(
-        activation=FakeQuantize.with_args(
+        activation=PotFakeQuantize.with_args(
             observer=CusQuantObserver, quant_min=0, quant_max=255, **act
         ),
-        weight=FakeQuantize.with_args(
+        weight=PotFakeQuantize.with_args(
             observer=CusQuantObserver, quant_min=-128, quant_max=127, **wgt
         ),
     )
