@@ -1,0 +1,60 @@
+"""Test-only Lightning callbacks that inject faults at exact points of a run.
+
+Passed to a CLI run as Hydra overrides (see `fault_overrides`); `build_trainer` instantiates
+every entry of `cfg.callbacks`, so the run under test is the real entry point, not a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+class SigkillAt(pl.Callback):
+    """`kill -9` this process at a deterministic point, not after a sleep.
+
+    batch=None: at the start of `epoch`, after the previous epoch's last.ckpt was written (an
+    epoch boundary). batch=k: after training batch k of `epoch` (mid-epoch, so the run loses
+    work that the resumed run must redo).
+    """
+
+    def __init__(self, epoch: int, batch: int | None = None) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.batch is None and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        batch_idx = args[-1]
+        if self.batch == batch_idx and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonWeightsAt(pl.Callback):
+    """Fill every weight with NaN before training batch 0 of `epoch`: the loss turns NaN,
+    as it does when training diverges, from a chosen epoch on."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            with torch.no_grad():
+                for param in pl_module.parameters():
+                    param.fill_(float("nan"))
+
+
+def fault_overrides(name: str, target: type[pl.Callback], **kwargs: Any) -> list[str]:
+    """Hydra overrides that add `target(**kwargs)` to the run's callbacks."""
+    prefix = f"+callbacks.{name}"
+    path = f"{target.__module__}.{target.__qualname__}"
+    return [f"{prefix}._target_={path}", *(f"{prefix}.{k}={v}" for k, v in kwargs.items())]
