@@ -12,6 +12,7 @@ from labquant.data.augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     eval_transform,
+    gather_crops,
     normalize,
     random_pad_crop_flip,
     train_transform,
@@ -113,6 +114,20 @@ def test_device_pixels_equal_torchvision_crop() -> None:
     for k in range(len(out)):
         ref = reference(img, int(tops[k]), int(lefts[k]), bool(flips[k]))
         assert torch.equal(out[k], ref)
+
+
+def test_crops_from_shared_templates_equal_crops_of_copies() -> None:
+    """`source` (crop sample k from template source[k]) gives what copying the templates would."""
+    g = torch.Generator().manual_seed(0)
+    templates = torch.rand(4, 3, 12, 10, generator=g)
+    source = torch.randint(0, 4, (50,), generator=g)
+    top, left = torch.randint(0, 5, (50,), generator=g), torch.randint(0, 3, (50,), generator=g)
+    flip = torch.rand(50, generator=g) < 0.5
+    shared = gather_crops(templates, top, left, flip, 8, 8, source=source)
+    assert torch.equal(shared, gather_crops(templates[source], top, left, flip, 8, 8))
+    k = 7
+    crop = templates[source[k], :, top[k] : top[k] + 8, left[k] : left[k] + 8]
+    assert torch.equal(shared[k], crop.flip(-1) if flip[k] else crop)
 
 
 def test_device_augmentation_independent_per_sample_and_seeded() -> None:
