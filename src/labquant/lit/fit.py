@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from labquant.cli.checks import check_batch_size
 from labquant.lit.module import ClassifierModule, count_parameters
 from labquant.reports.artifacts import file_size_mib, write_json
 from labquant.reports.curves import plot_loss_accuracy
@@ -94,11 +95,14 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     # Missing or corrupt data fails here, before the trainer writes anything.
     datamodule.prepare_data()
     datamodule.setup("fit")
+    check_batch_size(datamodule)
     module = build_module(cfg)
+    # Lightning unwraps a compiled module for checkpoints; `module` keeps the same parameters.
+    fitted = torch.compile(module) if cfg.get("compile") else module
     trainer = build_trainer(cfg)
     # resume=true continues from <run dir>/checkpoints/last.ckpt (Lightning's "last").
     trainer.fit(
-        module,
+        fitted,
         datamodule=datamodule,
         ckpt_path="last" if cfg.get("resume") else cfg.get("ckpt_path"),
     )
@@ -106,7 +110,7 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = trainer.checkpoint_callback
     best_path = getattr(checkpoint, "best_model_path", "") or None
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    tested = trainer.test(fitted, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
 
     # After test(ckpt_path=best) the module holds the best weights: that is the model we ship.
     state_dict_path = out_dir / FP32_STATE_DICT
