@@ -41,9 +41,8 @@ def test_step_epoch_and_warmup_cap() -> None:
 
 
 def test_qat_stays_fp32_where_fp32_training_would_be_bf16(tmp_path, monkeypatch) -> None:
-    from tests.conftest import compose_config
-
     from labquant.lit.quantize import _qat_config
+    from tests.conftest import compose_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
