@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from labquant.errors import TrainingDiverged
 from labquant.quant import workflow
 from labquant.quant.evaluate import evaluate
-from labquant.quant.export import to_torchscript
+from labquant.quant.export import save_torchscript, to_torchscript
 from labquant.quant.qconfigs import backend_for, get_qconfig
 from labquant.reports.artifacts import file_size_mib, write_atomic
 
@@ -31,7 +31,11 @@ class EpochTimer(pl.Callback):
     """Logs each training epoch's wall time and throughput (`perf/epoch_s`, `perf/train_img_s`).
 
     Counts images from the labels' length (a host-side int: no device sync in the hot loop).
+    `epoch_seconds` keeps every epoch's time for the benchmark.
     """
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._images = 0
@@ -49,6 +53,7 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.perf_counter() - self._started
+        self.epoch_seconds.append(seconds)
         pl_module.log_dict({"perf/epoch_s": seconds, "perf/train_img_s": self._images / seconds})
 
 
@@ -176,7 +181,7 @@ class Int8Export(pl.Callback):
         test_acc, test_loss = evaluate(int8, self.datamodule.test_dataloader())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         script = to_torchscript(int8, torch.zeros(1, *self.datamodule.image_shape))
-        write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: torch.jit.save(script, tmp))
+        write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: save_torchscript(script, tmp))
         state_path = self.output_dir / INT8_STATE_DICT
         write_atomic(state_path, lambda tmp: torch.save(int8.state_dict(), tmp))
         self.int8_net = int8

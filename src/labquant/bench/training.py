@@ -1,0 +1,134 @@
+"""`train_step` (a Lightning epoch against a plain PyTorch loop) and `qat_step` (a fake-quant
+training step against the FP32 one)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labquant.bench.common import SGD, build_model, normalized_batch, synthetic_data
+from labquant.bench.timing import best_seconds, rate, ratio
+from labquant.data.augment import normalize, random_pad_crop_flip
+from labquant.data.tensors import TensorImageDataModule
+from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
+from labquant.lit.module import ClassifierModule
+from labquant.quant import workflow
+from labquant.quant.qconfigs import backend_for, get_qconfig
+
+
+def lightning_epochs(
+    net: nn.Module,
+    dm: TensorImageDataModule,
+    epochs: int,
+    channels_last: bool = True,
+    compile: bool = False,
+    **trainer_kwargs: Any,
+) -> list[float]:
+    """Seconds per training epoch through labquant's own LightningModule and callbacks
+    (no validation, checkpoints or loggers: they are per-epoch costs, not the hot loop)."""
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer, NonFiniteLossGuard()],
+        **trainer_kwargs,
+    )
+    module = ClassifierModule(net, optimizer=SGD, channels_last=channels_last)
+    trainer.fit(torch.compile(module) if compile else module, datamodule=dm)
+    return timer.epoch_seconds
+
+
+def plain_epochs(net: nn.Module, dm: TensorImageDataModule, epochs: int) -> list[float]:
+    """The same work as a hand-written loop: same batches, augmentation, layout and optimizer."""
+    net = net.to(memory_format=torch.channels_last).train()
+    optimizer = SGD(net.parameters())
+    loader = dm.train_dataloader()
+    seconds = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch)
+        start = time.perf_counter()
+        for x, y in loader:
+            x = normalize(random_pad_crop_flip(x, generator=generator))
+            loss = F.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def bench_train_step(
+    model: str, images: int, batch_size: int, epochs: int, rounds: int = 1
+) -> dict[str, Any]:
+    """Lightning img/s over plain-loop img/s, each the best epoch after the first (warm-up).
+
+    The two alternate `rounds` times so that a slow spell of the machine hits both.
+    """
+    dm = synthetic_data(images, batch_size=batch_size)
+    net = build_model(model)
+    lightning_s, plain_s = [], []
+    for _ in range(rounds):
+        lightning_s += lightning_epochs(copy.deepcopy(net), dm, epochs, accelerator="cpu")[1:]
+        plain_s += plain_epochs(copy.deepcopy(net), dm, epochs)[1:]
+    n = len(dm.arrays("train")[1])
+    return {
+        "model": model,
+        "images": n,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "lightning_img_s": rate(n, min(lightning_s)),
+        "plain_img_s": rate(n, min(plain_s)),
+        "ratio": ratio(min(plain_s), min(lightning_s)),
+    }
+
+
+def step_seconds(net: nn.Module, batch: tuple[Tensor, Tensor], steps: int, channels_last: bool):
+    """Best time of one forward + backward + SGD step."""
+    x, y = batch
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    net.train()
+    optimizer = SGD(net.parameters())
+
+    def step() -> None:
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return best_seconds(step, repeats=steps, warmup=2)
+
+
+def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str]) -> dict[str, Any]:
+    """Each QAT step as labquant trains it (fake quant, contiguous layout) over the FP32 step
+    as labquant trains it (channels_last), same model and batch; `ratio` is the worst one."""
+    net = build_model(model)
+    batch = normalized_batch(batch_size)
+    fp32_s = step_seconds(copy.deepcopy(net), batch, steps, channels_last=True)
+    result: dict[str, Any] = {"model": model, "batch_size": batch_size, "fp32_step_ms": 0.0}
+    result["fp32_step_ms"] = round(1000 * fp32_s, 2)
+    worst = 0.0
+    for name in qconfigs:
+        qat_net = copy.deepcopy(net).train()
+        workflow.set_engine(backend_for(name))
+        workflow.prepare_qat(qat_net, get_qconfig(name, qat=True))
+        qat_s = step_seconds(qat_net, batch, steps, channels_last=False)
+        result[name] = {"step_ms": round(1000 * qat_s, 2), "ratio": ratio(qat_s, fp32_s)}
+        worst = max(worst, result[name]["ratio"])
+    result["ratio"] = worst
+    result["img_s_fp32"] = rate(batch_size, fp32_s)
+    return result
