@@ -209,3 +209,20 @@ def test_device_resident_splits_on_gpu() -> None:
     raw_x, raw_y = next(iter(loader))
     _, seen_x, seen_y = model.seen["train"][0]
     assert torch.equal(seen_y, raw_y) and not torch.equal(seen_x, normalize(raw_x))
+
+
+@pytest.mark.parametrize(
+    ("pin_memory", "device", "augment", "expected"),
+    [
+        (None, "cuda", "workers", True),  # host batches feeding a GPU: pinned copies overlap
+        (None, "cpu", "workers", False),  # a CPU run gains nothing from pinning
+        (None, "cuda", "device", True),  # device_resident=false: uint8 batches from host memory
+        (True, "cpu", "workers", True),  # an explicit setting wins
+        (False, "cuda", "workers", False),
+    ],
+)
+def test_pin_memory_follows_the_path(pin_memory, device, augment, expected) -> None:
+    dm = small_dm(pin_memory=pin_memory, augment=augment, device_resident=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    assert dm.train_dataloader().pin_memory is expected

@@ -125,7 +125,7 @@ class TensorImageDataModule(LightningDataModule):
         num_workers: int = 0,
         augment: str = "device",
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         device_resident: bool = True,
     ) -> None:
         super().__init__()
@@ -144,7 +144,7 @@ class TensorImageDataModule(LightningDataModule):
             )
         self.augment = augment
         self.val_size = self._check_val_size(val_size)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = pin_memory
         self.device_resident = bool(device_resident)
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
         self._aug_generator: torch.Generator | None = None
@@ -194,6 +194,13 @@ class TensorImageDataModule(LightningDataModule):
         if device is not None:
             self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
 
+    def _pin_memory(self) -> bool:
+        """None (the default): pin host batches when they go to a GPU, so the copy can overlap
+        compute; pinning for a CPU run only costs time."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _resident_device(self) -> torch.device | None:
         if not (self.device_resident and self.augment == "device" and self.trainer is not None):
             return None
@@ -228,7 +235,7 @@ class TensorImageDataModule(LightningDataModule):
         common = {
             "num_workers": workers,
             "persistent_workers": workers > 0,
-            "pin_memory": self.pin_memory and on_cpu,
+            "pin_memory": on_cpu and self._pin_memory(),
         }
         if self.augment == "device":
             batches = EpochBatchSampler(sampler, batch_size, drop_last=False)
