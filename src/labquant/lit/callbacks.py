@@ -66,13 +66,15 @@ class NonFiniteLossGuard(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._pending: tuple[torch.Tensor, int, int] | None = None
+        self._pending: tuple[torch.Tensor, torch.cuda.Event | None, int, int] | None = None
 
     def _check_pending(self, trainer: pl.Trainer) -> None:
         if self._pending is None:
             return
-        loss, epoch, step = self._pending
+        loss, copied, epoch, step = self._pending
         self._pending = None
+        if copied is not None:
+            copied.synchronize()  # waits for that one copy, a step ago: done by now
         if not torch.isfinite(loss).item():
             lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
             raise TrainingDiverged(
@@ -92,11 +94,13 @@ class NonFiniteLossGuard(pl.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             host = loss.detach().to("cpu", non_blocking=True)
-            self._pending = (host, trainer.current_epoch, trainer.global_step)
+            copied = None
+            if loss.is_cuda:  # a non-blocking copy is only safe to read after its event
+                copied = torch.cuda.Event()
+                copied.record()
+            self._pending = (host, copied, trainer.current_epoch, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
         self._check_pending(trainer)
 
 
