@@ -10,7 +10,6 @@ import warnings
 import pytest
 import torch
 from torch.ao.quantization import FakeQuantize
-from torch.overrides import TorchFunctionMode
 
 from labquant.errors import ConfigError
 from labquant.quant.observers import (
@@ -19,6 +18,7 @@ from labquant.quant.observers import (
     clamp_status,
     scale_approximate,
 )
+from tests.sync_spy import HostReads
 
 
 def assert_power_of_two(scale: torch.Tensor, max_shift_amount: int = 8) -> None:
@@ -209,22 +209,6 @@ def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point, fake_quant):
     for clone in (copy.deepcopy(fq), pickle.loads(pickle.dumps(fq))):
         assert torch.equal(clone.scale, fq.scale)
         assert clone.activation_post_process.clamp_status == "underflow"
-
-
-class HostReads(TorchFunctionMode):
-    """Records every tensor-to-Python conversion: each is a device sync on a GPU."""
-
-    READS = frozenset({"__bool__", "item", "__float__", "__int__", "__index__", "tolist"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.READS:
-            self.reads.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def pot_fake_quant() -> PotFakeQuantize:

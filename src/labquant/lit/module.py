@@ -22,8 +22,9 @@ SchedulerFactory = Callable[..., LRScheduler]
 class ClassifierModule(pl.LightningModule):
     """Wraps a (quantizable) network; optimizer and scheduler arrive as Hydra partials.
 
-    Metrics are accumulated on the device and logged per epoch (`on_step=False`), so the hot
-    loop never waits for a host sync.
+    Metrics are accumulated on the device and logged per epoch (`on_step=False`), and their
+    per-step input checks are off (`validate_args=False`: torch.unique on the labels, which
+    syncs), so the hot loop never waits for the host.
     """
 
     def __init__(
@@ -43,9 +44,9 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
 
     def setup(self, stage: str) -> None:
