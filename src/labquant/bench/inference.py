@@ -31,8 +31,10 @@ def int8_model(fp32: nn.Module, qconfig: str, calibration: list[Tensor]) -> nn.M
 
 
 def img_s(net: nn.Module, batch: Tensor, repeats: int) -> float:
+    """Best of `repeats` passes; the warm-up lets oneDNN build its kernels for this shape."""
+    warmup = 2 if len(batch) == 1 else 1
     with torch.inference_mode():
-        return rate(len(batch), best_seconds(lambda: net(batch), repeats=repeats, warmup=2))
+        return rate(len(batch), best_seconds(lambda: net(batch), repeats=repeats, warmup=warmup))
 
 
 def fp32_img_s(net: nn.Module, batch: Tensor, repeats: int) -> dict[str, float]:
