@@ -63,7 +63,7 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     lab_dir = Path(cfg.paths.output_dir)
     qconfigs = list(cfg.lab.qconfigs)
     for mode in ("ptq", "qat"):
-        check_quant_config(with_overrides(cfg, {"quant": cfg.lab[mode]}))
+        check_quant_config(with_overrides(cfg, {"quant": cfg.lab[mode]}), f"lab.{mode}")
 
     fp32_dir = lab_dir / "fp32"
     fp32 = run_stage("fp32", fp32_dir, fit_fp32, stage_config(cfg, fp32_dir))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from labquant.cli.checks import check_batch_size
 from labquant.data.augment import normalize
 from labquant.data.tensors import (
     BatchTensorDataset,
@@ -26,6 +27,7 @@ from labquant.data.tensors import (
 )
 from labquant.errors import ConfigError
 from labquant.lit.callbacks import Int8Export, PrepareQuantization, QATSchedule
+from labquant.lit.checkpoints import check_same_network, load_checkpoint, net_state
 from labquant.lit.fit import build_module, build_trainer, metrics_csv_path, model_name
 from labquant.quant.evaluate import cpu_latency, evaluate
 from labquant.quant.inspect import layer_table, worst_layers
@@ -54,46 +56,21 @@ class CalibrationData(LightningDataModule):
         return (normalize(x) if x.dtype == torch.uint8 else x), y
 
 
-def load_checkpoint(path: str | None) -> dict[str, Any]:
-    if not path:
-        raise ConfigError(f"ckpt_path is missing; {FIX_CKPT}")
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"ckpt_path={file} does not exist; {FIX_CKPT}")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ConfigError(
-            f"ckpt_path={file} is unreadable or truncated ({type(error).__name__}); {FIX_CKPT}"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path={file} is not a Lightning checkpoint; {FIX_CKPT}")
-    return checkpoint
-
-
-def _describe(arch: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(arch.items()))
-
-
 def load_fp32_net(cfg: DictConfig, checkpoint: dict[str, Any]) -> nn.Module:
     """Build `cfg.model` and load the checkpoint's weights; another architecture is refused."""
     net = hydra.utils.instantiate(cfg.model)
-    saved_arch = checkpoint.get("labquant_arch")
-    mismatch = f"ckpt_path={cfg.ckpt_path} holds a different network than model= builds"
-    fix = "pass the model=/experiment= overrides the checkpoint was trained with"
-    if saved_arch and saved_arch != getattr(net, "arch", saved_arch):
-        details = f"checkpoint: {_describe(saved_arch)}; config: {_describe(net.arch)}"
-        raise ConfigError(f"{mismatch} ({details}); {fix}")
-    state = {
-        k.removeprefix("net."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("net.")
-    }
-    try:
-        net.load_state_dict(state)
-    except RuntimeError:
-        raise ConfigError(f"{mismatch}; {fix}") from None
+    check_same_network(net, checkpoint, f"ckpt_path={cfg.ckpt_path}")
+    net.load_state_dict(net_state(checkpoint))
     return net
+
+
+def check_qat_resume(cfg: DictConfig) -> None:
+    """resume=true makes Lightning load <run dir>/checkpoints/last.ckpt: fail in one line, not
+    in its restore, when that file is damaged."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("resume") and last.exists():
+        fix = f"delete {last} to start this stage over, or run without resume=true"
+        load_checkpoint(last, fix, setting="resume=true: checkpoint", mmap=True)
 
 
 def serialized_mib(net: nn.Module) -> float:
@@ -102,16 +79,24 @@ def serialized_mib(net: nn.Module) -> float:
     return buffer.getbuffer().nbytes / 2**20
 
 
-def check_quant_config(cfg: DictConfig) -> None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_quant_config(cfg: DictConfig, quant_key: str = "quant") -> None:
+    """`quant_key` is where the user sets cfg.quant: `quant` here, `lab.ptq` in the lab."""
     batches = cfg.quant.get("calibration_batches")
-    if batches is not None and (not isinstance(batches, int) or batches < 1):
+    if batches is not None and (not _is_int(batches) or batches < 1):
         raise ConfigError(
-            f"quant.calibration_batches={batches} must be an integer >= 1; e.g. "
-            "quant.calibration_batches=32"
+            f"{quant_key}.calibration_batches={batches} must be an integer >= 1; e.g. "
+            f"{quant_key}.calibration_batches=32"
         )
     shift = cfg.qconfig.get("max_shift_amount")
-    if shift is not None and (not isinstance(shift, int) or not 0 <= shift <= 31):
-        raise ConfigError(f"qconfig.max_shift_amount={shift} must be an integer in 0..31; e.g. 8")
+    if shift is not None and (not _is_int(shift) or not 0 <= shift <= 31):
+        raise ConfigError(
+            f"qconfig.max_shift_amount={shift} must be an integer in 0..31 (the shift of a "
+            "power-of-two scale 2**-n); e.g. qconfig.max_shift_amount=8"
+        )
 
 
 def _calibrate(
@@ -140,7 +125,6 @@ def _qat_config(cfg: DictConfig) -> DictConfig:
     overrides: dict[str, Any] = {
         "optimizer": {"lr": cfg.quant.lr},
         "trainer": {"max_epochs": cfg.quant.epochs, "precision": "32-true"},
-        "channels_last": False,  # fake-quant modules are kept in the plain layout
     }
     if "warmup_epochs" in (cfg.get("scheduler") or {}):
         overrides["scheduler"] = {"warmup_epochs": cfg.quant.warmup_epochs}
@@ -173,11 +157,13 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_quant_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    checkpoint = load_checkpoint(cfg.get("ckpt_path"))
+    checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
+    check_qat_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     dm: TensorImageDataModule = hydra.utils.instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
+    check_batch_size(dm)
 
     fp32_net = load_fp32_net(cfg, checkpoint)
     fp32_acc, _ = evaluate(copy.deepcopy(fp32_net), dm.test_dataloader())
@@ -210,7 +196,8 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     if cfg.quant.mode == "ptq":
         results["calibration_batches"] = cfg.quant.calibration_batches
     if cfg.quant.get("measure_latency", True):
-        results["latency"] = cpu_latency(export.int8_net)
+        # The deployed form of each: the frozen TorchScript file for int8, eager FP32.
+        results["latency"] = cpu_latency(export.int8_script or export.int8_net)
         results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "results.json", results)
