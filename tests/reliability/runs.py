@@ -59,6 +59,21 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, output(result)[-3000:]
 
 
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *needles: str, prog: str = "labquant-train"
+) -> str:
+    """Exit code 2 and exactly one `<prog>: error: ...` line holding every needle; no traceback."""
+    assert result.returncode == 2, output(result)[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr[-2000:]
+    line = errors[0]
+    assert line.startswith(f"{prog}: error: ")
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
 def results(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "results.json").read_text())
 

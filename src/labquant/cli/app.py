@@ -15,12 +15,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from labquant.cli.checks import check_group_overrides
-from labquant.errors import ConfigError, UserError
+from labquant.cli.checks import check_group_overrides, check_output_dir
+from labquant.errors import ConfigError, DataError, UserError
 from labquant.reports.artifacts import read_json, write_json
 
 log = logging.getLogger(__name__)
 USER_ERROR_EXIT = 2
+# Raised by the checks before any work (loading settings, data and checkpoints): a single run
+# that stops on one of these has produced nothing, so it writes nothing.
+BEFORE_WORK_ERRORS = (ConfigError, DataError)
 
 
 def fail(prog: str, error: BaseException) -> NoReturn:
@@ -29,9 +32,11 @@ def fail(prog: str, error: BaseException) -> NoReturn:
 
 
 def run_entry_point(hydra_main: Callable[[], Any], prog: str) -> None:
-    """Check config-group choices on the command line, then hand over to Hydra."""
+    """Check config-group choices and the output folder on the command line, then hand over to
+    Hydra (whose own errors for both are tracebacks or multi-line reports)."""
     try:
         check_group_overrides(sys.argv[1:])
+        check_output_dir(sys.argv[1:])
     except UserError as error:
         fail(prog, error)
     hydra_main()
@@ -77,31 +82,43 @@ def completed_results(out_dir: Path) -> dict[str, Any] | None:
     return results if results and results.get("status") == "complete" else None
 
 
-def write_failure(out_dir: Path, error: BaseException) -> None:
-    """results.json that says the run failed and why (sweep tables show its first line)."""
+def write_failure(out_dir: Path, error: BaseException, overwrite: bool = False) -> bool:
+    """results.json that says the run failed and why (sweep tables show its first line).
+
+    A complete results.json is kept unless `overwrite` was given: a failed rerun must not erase
+    the record of a good run. Returns whether the failure was written.
+    """
+    if completed_results(out_dir) is not None and not overwrite:
+        log.error("%s holds a complete results.json: the failure is not recorded there", out_dir)
+        return False
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     write_json(
         out_dir / "results.json",
         {"status": "failed", "error_type": type(error).__name__, "error": first_line[:300]},
     )
+    return True
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
     """Run one Hydra job.
 
-    A UserError becomes one line and exit code 2 in a single run. In a multirun it is recorded
-    in results.json and re-raised, so the launcher marks this job failed, the other jobs still
-    run, and the sweep ends non-zero. A folder with a complete result is skipped in a sweep and
-    refused in a single run unless `overwrite=true`.
+    A UserError becomes one line and exit code 2 in a single run. A failure once work has
+    started (training diverged, a crash) is recorded in results.json with status "failed";
+    the run's checkpoints stay, so `resume=true` can continue from the last good one. A config
+    or data error found by the checks before any work writes nothing in a single run. In a
+    multirun every failure is recorded and re-raised, so the launcher marks this job failed, the
+    other jobs still run, and the sweep ends non-zero. A folder with a complete result is skipped
+    in a sweep and refused in a single run unless `overwrite=true`.
     """
     multirun = _is_multirun()
     out_dir = Path(cfg.paths.output_dir)
+    overwrite = bool(cfg.get("overwrite", False))
     done = completed_results(out_dir)
     if done is not None:
         if multirun:
             log.info("%s holds a complete results.json: not rerun", out_dir)
             return done
-        if not cfg.get("overwrite", False):
+        if not overwrite:
             fail(
                 prog,
                 ConfigError(
@@ -113,11 +130,12 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> A
     try:
         return task(cfg)
     except UserError as error:
+        if multirun or not isinstance(error, BEFORE_WORK_ERRORS):
+            write_failure(out_dir, error, overwrite)
         if not multirun:
             fail(prog, error)
         log.error("%s", error)
-        write_failure(out_dir, error)
         raise
     except Exception as error:
-        write_failure(out_dir, error)
+        write_failure(out_dir, error, overwrite)
         raise
