@@ -151,3 +151,17 @@ def test_overwrite_run_that_fails_replaces_the_complete_result(out_dir: Path) ->
     with pytest.raises(SystemExit):
         run_task(raising(TrainingDiverged("training diverged")), cfg, "prog")
     assert results(out_dir)["status"] == "failed"  # the folder no longer claims the old result
+
+
+def test_finished_lab_drops_the_failure_record_of_an_earlier_attempt(out_dir: Path) -> None:
+    """A lab rerun after a failure finishes its stages; the lab folder must not go on saying
+    "failed". A complete record (not written by the lab itself) is left alone."""
+    from labquant.lit.lab import clear_failure
+
+    job(out_dir)
+    write_failure(out_dir, TrainingDiverged("training diverged"))
+    clear_failure(out_dir)
+    assert not (out_dir / "results.json").exists()
+    (out_dir / "results.json").write_text(json.dumps(COMPLETE))
+    clear_failure(out_dir)
+    assert results(out_dir) == COMPLETE

@@ -33,6 +33,19 @@ def completed(stage_dir: Path) -> dict[str, Any] | None:
     return results if results.get("status") == "complete" else None
 
 
+def clear_failure(lab_dir: Path) -> None:
+    """A failed earlier attempt left results.json {"status": "failed"} in the lab folder; the
+    finished lab's record is report.json, so the stale failure goes (the lab writes no
+    results.json of its own: a complete one would make the next rerun ask for overwrite=true)."""
+    path = lab_dir / "results.json"
+    try:
+        stale = path.is_file() and read_json(path).get("status") == "failed"
+    except ValueError:
+        stale = False
+    if stale:
+        path.unlink()
+
+
 def with_overrides(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
     """A copy of `cfg` with `overrides` merged in, new keys (quant, qconfig) allowed."""
     copy = cfg.copy()
@@ -93,4 +106,5 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         "complete are not rerun and not counted).",
     ]
     write_lab_report(lab_dir, rows, stage_results, notes)
+    clear_failure(lab_dir)
     return {"rows": rows}
