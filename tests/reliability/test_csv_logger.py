@@ -42,6 +42,13 @@ def test_resumed_run_keeps_earlier_epochs_and_drops_the_killed_ones(tmp_path: Pa
     ]
 
 
+def test_resumed_file_keeps_its_permissions(tmp_path: Path) -> None:
+    log_epochs(tmp_path, range(0, 2))
+    (tmp_path / "metrics.csv").chmod(0o644)
+    log_epochs(tmp_path, range(1, 3))
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o644
+
+
 def test_fresh_run_in_the_same_folder_starts_a_new_file(tmp_path: Path) -> None:
     log_epochs(tmp_path, range(0, 3))
     log_epochs(tmp_path, range(0, 1))

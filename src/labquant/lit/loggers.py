@@ -65,8 +65,12 @@ class ResumableExperimentWriter(ExperimentWriter):
                 writer.writeheader()
                 writer.writerows(kept)
 
-        # Atomic: a second kill during this rewrite leaves the old file, not half of it.
-        write_atomic(Path(self.metrics_file_path), write)
+        # Atomic: a second kill during this rewrite leaves the old file, not half of it. The
+        # temporary file is created 0600; the file keeps the permissions it had.
+        path = Path(self.metrics_file_path)
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        write_atomic(path, write)
+        path.chmod(mode)
 
 
 class ResumableCSVLogger(CSVLogger):
