@@ -4,6 +4,7 @@ the previous file (or none), never half a file, and no temporary file behind."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -128,3 +129,13 @@ def test_kill_9_mid_write_keeps_the_previous_file(tmp_path: Path) -> None:
     assert killed.returncode == -9
     assert json.loads(path.read_text()) == {"status": "complete"}
     assert all(name.startswith(".results.json.") for name in leftovers(tmp_path))
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Readable by others as with open(), not mkstemp's private 0600 (shared lab machines)."""
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"status": "complete"})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644

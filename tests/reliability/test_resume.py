@@ -33,11 +33,6 @@ from tests.reliability.runs import (
 # epoch 0's last.ckpt); boundary dies as epoch 2 starts (resumes from epoch 1's).
 KILL_POINTS = {"mid_epoch": {"epoch": 1, "batch": 5}, "boundary": {"epoch": 2}}
 RESTORED = "Restored all states from the checkpoint"
-# Known gap, not in this suite's files: ClassifierModule.val_acc_best (a torchmetrics MaxMetric)
-# is not in the checkpoint and is reset in on_train_start, so after a resume the logged
-# val/acc_best curve restarts from the resumed epoch. results.json's best_val_acc comes from
-# ModelCheckpoint, which is restored, and is compared. See test_val_acc_best_survives_a_restore.
-UNRESTORED_COLUMNS = ("val/acc_best",)
 
 
 def kill_then_resume(module: str, overrides: list[str], run_dir: Path, kill_at: str) -> str:
@@ -61,9 +56,9 @@ def compare(reference: Path, run_dir: Path, keys: tuple[str, ...], label: str) -
     print(f"\n{label}: uninterrupted {[want[k] for k in keys]} / resumed {[got[k] for k in keys]}")
     for key in keys:
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
-    rows = csv_rows(run_dir, drop=UNRESTORED_COLUMNS)
+    rows = csv_rows(run_dir)
     assert epochs_logged(rows) == [0, 1, 2]  # every epoch exactly once, none lost to the kill
-    assert_same_csv(csv_rows(reference, drop=UNRESTORED_COLUMNS), rows)
+    assert_same_csv(csv_rows(reference), rows)
     assert (run_dir / "loss_accuracy.png").is_file()
 
 
@@ -107,11 +102,9 @@ def test_qat_run_killed_and_resumed_ends_like_an_uninterrupted_run(
         assert torch.equal(got[name], tensor), name  # the same int8 model, bit for bit
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lit/module.py: val_acc_best is not persistent and on_train_start resets it"
-)
 def test_val_acc_best_survives_a_restore() -> None:
-    """The best validation accuracy so far must come back from a checkpoint's state_dict."""
+    """The best validation accuracy so far comes back from a checkpoint's state_dict, and a
+    checkpoint from before it was saved still loads (strictly), starting it afresh."""
     from labquant.lit.module import ClassifierModule
 
     def module() -> ClassifierModule:
@@ -119,7 +112,15 @@ def test_val_acc_best_survives_a_restore() -> None:
 
     trained = module()
     trained.val_acc_best(torch.tensor(0.7))
+    checkpoint = {"state_dict": trained.state_dict()}
     restored = module()
-    restored.load_state_dict(trained.state_dict(), strict=False)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
     restored.on_train_start()
     assert float(restored.val_acc_best.compute()) == pytest.approx(0.7)
+
+    old = {"state_dict": {k: v for k, v in trained.state_dict().items() if "acc_best" not in k}}
+    older = module()
+    older.on_load_checkpoint(old)
+    older.load_state_dict(old["state_dict"])
+    assert float(older.val_acc_best.compute()) == float("-inf")
