@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import copy
 import io
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from labquant.bench.common import build_model, normalized_batch
-from labquant.bench.timing import best_seconds, rate, ratio
+from labquant.bench.timing import rate, ratio
 from labquant.quant import workflow
 from labquant.quant.export import save_torchscript, to_torchscript
 from labquant.quant.qconfigs import backend_for, get_qconfig
@@ -30,22 +32,41 @@ def int8_model(fp32: nn.Module, qconfig: str, calibration: list[Tensor]) -> nn.M
     return workflow.convert_int8(net)
 
 
-def img_s(net: nn.Module, batch: Tensor, repeats: int) -> float:
-    """Best of `repeats` passes; the warm-up lets oneDNN build its kernels for this shape."""
+@dataclass
+class Contender:
+    """One way to run a batch: a module, the memory layout of its input, its int8 engine."""
+
+    net: nn.Module
+    channels_last: bool = False
+    engine: str | None = None
+
+    def prepare(self, batch: Tensor) -> Tensor:
+        if self.engine is not None:
+            workflow.set_engine(self.engine)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+
+def interleaved_img_s(
+    contenders: dict[str, Contender], batch: Tensor, repeats: int
+) -> dict[str, float]:
+    """Images per second of each contender, timed round-robin: every one runs once per round, so
+    a slow spell of a shared machine hits all of them alike; each one's best round counts.
+
+    The warm-up passes let oneDNN build its kernels for this shape.
+    """
     warmup = 2 if len(batch) == 1 else 1
+    best = dict.fromkeys(contenders, float("inf"))
     with torch.inference_mode():
-        return rate(len(batch), best_seconds(lambda: net(batch), repeats=repeats, warmup=warmup))
-
-
-def fp32_img_s(net: nn.Module, batch: Tensor, repeats: int) -> dict[str, float]:
-    """Both memory layouts; which one wins depends on the model, the batch and the CPU."""
-    channels_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    return {
-        "contiguous": img_s(net, batch, repeats),
-        "channels_last": img_s(
-            channels_last, batch.contiguous(memory_format=torch.channels_last), repeats
-        ),
-    }
+        for _ in range(warmup):
+            for contender in contenders.values():
+                contender.net(contender.prepare(batch))
+        for _ in range(max(1, repeats)):
+            for name, contender in contenders.items():
+                x = contender.prepare(batch)
+                start = time.perf_counter()
+                contender.net(x)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: rate(len(batch), seconds) for name, seconds in best.items()}
 
 
 def file_mib(obj: Any, save: Any = torch.save) -> float:
@@ -61,25 +82,36 @@ def bench_model(
     fp32 = build_model(name).eval()
     calibration = [normalized_batch(64, seed=i)[0] for i in range(calibration_batches)]
     batches = {b: normalized_batch(b, seed=100 + b)[0] for b in BATCH_SIZES}
-    row: dict[str, Any] = {"fp32": {}, "fp32_best": {}}
-    for b in BATCH_SIZES:
-        row["fp32"][f"b{b}"] = fp32_img_s(fp32, batches[b], repeats[b])
-        row["fp32_best"][f"b{b}"] = max(row["fp32"][f"b{b}"].values())
+    contenders = {
+        "fp32_contiguous": Contender(fp32),
+        "fp32_channels_last": Contender(
+            copy.deepcopy(fp32).to(memory_format=torch.channels_last), channels_last=True
+        ),
+    }
     fp32_mib = file_mib(fp32.state_dict())
     sizes: dict[str, Any] = {"fp32_mib": fp32_mib}
     for qconfig in qconfigs:
         int8 = int8_model(fp32, qconfig, calibration)
         script = to_torchscript(int8, batches[1])
-        workflow.set_engine(backend_for(qconfig))
-        row[qconfig] = {f"b{b}": img_s(script, batches[b], repeats[b]) for b in BATCH_SIZES}
-        for b in BATCH_SIZES:
-            row[f"{qconfig}_speedup_b{b}"] = ratio(row[qconfig][f"b{b}"], row["fp32_best"][f"b{b}"])
+        contenders[qconfig] = Contender(script, engine=backend_for(qconfig))
         int8_mib = file_mib(int8.state_dict())
         sizes[qconfig] = {
             "int8_mib": int8_mib,
             "torchscript_mib": file_mib(script, save_torchscript),
             "ratio": ratio(int8_mib, fp32_mib),
         }
+    row: dict[str, Any] = {"fp32": {}, "fp32_best": {}, **{q: {} for q in qconfigs}}
+    for b in BATCH_SIZES:
+        key = f"b{b}"
+        measured = interleaved_img_s(contenders, batches[b], repeats[b])
+        row["fp32"][key] = {
+            "contiguous": measured["fp32_contiguous"],
+            "channels_last": measured["fp32_channels_last"],
+        }
+        row["fp32_best"][key] = max(row["fp32"][key].values())
+        for qconfig in qconfigs:
+            row[qconfig][key] = measured[qconfig]
+            row[f"{qconfig}_speedup_{key}"] = ratio(measured[qconfig], row["fp32_best"][key])
     for b in BATCH_SIZES:  # the target applies to every int8 flavour: report the worst
         row[f"int8_speedup_b{b}"] = min(row[f"{q}_speedup_b{b}"] for q in qconfigs)
     sizes["ratio"] = max(sizes[q]["ratio"] for q in qconfigs)

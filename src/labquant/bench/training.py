@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labquant.bench.common import SGD, build_model, normalized_batch, synthetic_data
-from labquant.bench.timing import best_seconds, rate, ratio
+from labquant.bench.timing import rate, ratio
 from labquant.data.augment import normalize, random_pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
@@ -95,13 +96,10 @@ def bench_train_step(
     }
 
 
-def step_seconds(net: nn.Module, batch: tuple[Tensor, Tensor], steps: int, channels_last: bool):
-    """Best time of one forward + backward + SGD step."""
-    x, y = batch
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    net.train()
+def training_step(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Callable[[], None]:
+    """One forward + backward + SGD step in channels_last, as labquant trains FP32 and QAT."""
+    net = net.to(memory_format=torch.channels_last).train()
+    x, y = batch[0].contiguous(memory_format=torch.channels_last), batch[1]
     optimizer = SGD(net.parameters())
 
     def step() -> None:
@@ -110,7 +108,21 @@ def step_seconds(net: nn.Module, batch: tuple[Tensor, Tensor], steps: int, chann
         loss.backward()
         optimizer.step()
 
-    return best_seconds(step, repeats=steps, warmup=2)
+    return step
+
+
+def interleaved_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Best time of each step, run round-robin so that machine noise hits all of them alike."""
+    for step in steps.values():  # warm-up: allocator, oneDNN kernels, observers' first ranges
+        step()
+        step()
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(max(1, rounds)):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str]) -> dict[str, Any]:
@@ -118,20 +130,24 @@ def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str])
     same model and batch; `ratio` is the worst qconfig's."""
     net = build_model(model)
     batch = normalized_batch(batch_size)
-    fp32_s = step_seconds(copy.deepcopy(net), batch, steps, channels_last=True)
+    contenders = {"fp32": training_step(copy.deepcopy(net), batch)}
+    for name in qconfigs:
+        qat_net = copy.deepcopy(net).train()
+        workflow.set_engine(backend_for(name))
+        workflow.prepare_qat(qat_net, get_qconfig(name, qat=True))
+        contenders[name] = training_step(qat_net, batch)
+    seconds = interleaved_seconds(contenders, steps)
+    fp32_s = seconds["fp32"]
     result: dict[str, Any] = {
         "model": model,
         "batch_size": batch_size,
         "fp32_step_ms": round(1000 * fp32_s, 2),
     }
-    worst = 0.0
     for name in qconfigs:
-        qat_net = copy.deepcopy(net).train()
-        workflow.set_engine(backend_for(name))
-        workflow.prepare_qat(qat_net, get_qconfig(name, qat=True))
-        qat_s = step_seconds(qat_net, batch, steps, channels_last=True)
-        result[name] = {"step_ms": round(1000 * qat_s, 2), "ratio": ratio(qat_s, fp32_s)}
-        worst = max(worst, result[name]["ratio"])
-    result["ratio"] = worst
+        result[name] = {
+            "step_ms": round(1000 * seconds[name], 2),
+            "ratio": ratio(seconds[name], fp32_s),
+        }
+    result["ratio"] = max(result[name]["ratio"] for name in qconfigs)
     result["img_s_fp32"] = rate(batch_size, fp32_s)
     return result
