@@ -32,4 +32,6 @@ def test_compile_true_trains_through_the_compiled_module(compose_train, monkeypa
     state = torch.load(out / FP32_STATE_DICT)
     assert not any("_orig_mod" in key for key in state)
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert all(key.startswith("net.") for key in checkpoint["state_dict"])
+    keys = checkpoint["state_dict"].keys()
+    assert not any("_orig_mod" in key for key in keys)
+    assert {key.removeprefix("net.") for key in keys if key.startswith("net.")} == state.keys()
