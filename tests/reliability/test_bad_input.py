@@ -125,31 +125,23 @@ def test_quantize_with_calibration_batches_below_one(
     assert_nothing_written(run_dir)
 
 
-def test_quantize_checkpoint_of_another_architecture(tmp_path: Path, tiny_fp32_run) -> None:
+@pytest.mark.parametrize(
+    ("override", "saved", "configured"),
+    [
+        ("model.base_width=16", "checkpoint: base_width=8;", "config: base_width=16"),
+        ("model.num_classes=100", "checkpoint: num_classes=10;", "config: num_classes=100"),
+    ],
+)
+def test_quantize_checkpoint_of_another_network(
+    tmp_path: Path, tiny_fp32_run, override: str, saved: str, configured: str
+) -> None:
+    """Another architecture or another class count: the error names both sides."""
     fp32, run = tiny_fp32_run
     run_dir = tmp_path / "run"
     result = run_cli(
-        *TINY,
-        "model.base_width=16",
-        f"ckpt_path={run / fp32['checkpoint']}",
-        run_dir=run_dir,
-        prog=QUANTIZE,
+        *TINY, override, f"ckpt_path={run / fp32['checkpoint']}", run_dir=run_dir, prog=QUANTIZE
     )
-    assert_one_line_error(result, "ckpt_path=", "base_width=8", "base_width=16", prog=QUANTIZE)
-    assert_nothing_written(run_dir)
-
-
-def test_quantize_checkpoint_of_another_class_count(tmp_path: Path, tiny_fp32_run) -> None:
-    fp32, run = tiny_fp32_run
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        *TINY,
-        "model.num_classes=100",
-        f"ckpt_path={run / fp32['checkpoint']}",
-        run_dir=run_dir,
-        prog=QUANTIZE,
-    )
-    assert_one_line_error(result, "num_classes=10;", "num_classes=100", prog=QUANTIZE)
+    assert_one_line_error(result, "ckpt_path=", saved, configured, prog=QUANTIZE)
     assert_nothing_written(run_dir)
 
 
