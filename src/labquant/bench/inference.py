@@ -4,18 +4,16 @@ TorchScript file that labquant exports (x86 and pot), on the CPU at batch 1 and 
 from __future__ import annotations
 
 import copy
-import io
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from labquant.bench.common import build_model, normalized_batch
-from labquant.bench.timing import rate, ratio
+from labquant.bench.timing import interleaved_best_seconds, rate, ratio
 from labquant.quant import workflow
-from labquant.quant.export import save_torchscript, to_torchscript
+from labquant.quant.export import save_torchscript, serialized_mib, to_torchscript
 from labquant.quant.qconfigs import backend_for, get_qconfig
 
 BATCH_SIZES = (1, 256)
@@ -32,47 +30,30 @@ def int8_model(fp32: nn.Module, qconfig: str, calibration: list[Tensor]) -> nn.M
     return workflow.convert_int8(net)
 
 
-@dataclass
-class Contender:
-    """One way to run a batch: a module, the memory layout of its input, its int8 engine."""
+def forward_pass(net: nn.Module, batch: Tensor, engine: str | None) -> Callable[[], object]:
+    """One inference call; the int8 engine is set per call because contenders alternate."""
 
-    net: nn.Module
-    channels_last: bool = False
-    engine: str | None = None
+    def run() -> object:
+        if engine is not None:
+            workflow.set_engine(engine)
+        return net(batch)
 
-    def prepare(self, batch: Tensor) -> Tensor:
-        if self.engine is not None:
-            workflow.set_engine(self.engine)
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+    return run
 
 
 def interleaved_img_s(
-    contenders: dict[str, Contender], batch: Tensor, repeats: int
+    nets: dict[str, tuple[nn.Module, bool, str | None]], batch: Tensor, repeats: int
 ) -> dict[str, float]:
-    """Images per second of each contender, timed round-robin: every one runs once per round, so
-    a slow spell of a shared machine hits all of them alike; each one's best round counts.
-
-    The warm-up passes let oneDNN build its kernels for this shape.
-    """
-    warmup = 2 if len(batch) == 1 else 1
-    best = dict.fromkeys(contenders, float("inf"))
+    """Images per second of each (net, channels_last input, int8 engine), timed round-robin;
+    the warm-up passes let oneDNN build its kernels for this shape."""
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
+    runs = {
+        name: forward_pass(net, channels_last if nhwc else batch, engine)
+        for name, (net, nhwc, engine) in nets.items()
+    }
     with torch.inference_mode():
-        for _ in range(warmup):
-            for contender in contenders.values():
-                contender.net(contender.prepare(batch))
-        for _ in range(max(1, repeats)):
-            for name, contender in contenders.items():
-                x = contender.prepare(batch)
-                start = time.perf_counter()
-                contender.net(x)
-                best[name] = min(best[name], time.perf_counter() - start)
-    return {name: rate(len(batch), seconds) for name, seconds in best.items()}
-
-
-def file_mib(obj: Any, save: Any = torch.save) -> float:
-    buffer = io.BytesIO()
-    save(obj, buffer)
-    return round(buffer.getbuffer().nbytes / 2**20, 4)
+        seconds = interleaved_best_seconds(runs, repeats, warmup=2 if len(batch) == 1 else 1)
+    return {name: rate(len(batch), s) for name, s in seconds.items()}
 
 
 def bench_model(
@@ -82,22 +63,18 @@ def bench_model(
     fp32 = build_model(name).eval()
     calibration = [normalized_batch(64, seed=i)[0] for i in range(calibration_batches)]
     batches = {b: normalized_batch(b, seed=100 + b)[0] for b in BATCH_SIZES}
-    contenders = {
-        "fp32_contiguous": Contender(fp32),
-        "fp32_channels_last": Contender(
-            copy.deepcopy(fp32).to(memory_format=torch.channels_last), channels_last=True
-        ),
-    }
-    fp32_mib = file_mib(fp32.state_dict())
+    nhwc = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
+    contenders = {"fp32_contiguous": (fp32, False, None), "fp32_channels_last": (nhwc, True, None)}
+    fp32_mib = serialized_mib(fp32.state_dict())
     sizes: dict[str, Any] = {"fp32_mib": fp32_mib}
     for qconfig in qconfigs:
         int8 = int8_model(fp32, qconfig, calibration)
         script = to_torchscript(int8, batches[1])
-        contenders[qconfig] = Contender(script, engine=backend_for(qconfig))
-        int8_mib = file_mib(int8.state_dict())
+        contenders[qconfig] = (script, False, backend_for(qconfig))
+        int8_mib = serialized_mib(int8.state_dict())
         sizes[qconfig] = {
             "int8_mib": int8_mib,
-            "torchscript_mib": file_mib(script, save_torchscript),
+            "torchscript_mib": serialized_mib(script, save_torchscript),
             "ratio": ratio(int8_mib, fp32_mib),
         }
     row: dict[str, Any] = {"fp32": {}, "fp32_best": {}, **{q: {} for q in qconfigs}}

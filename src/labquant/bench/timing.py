@@ -33,6 +33,23 @@ def best_seconds(
     return min(times)
 
 
+def interleaved_best_seconds(
+    runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Best time of each run, timed round-robin (each runs once per round), so a slow spell of
+    a shared machine hits every contender alike instead of whichever ran during it."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(max(1, rounds)):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def rate(items: int, seconds: float) -> float:
     return round(items / seconds, 1) if seconds > 0 else float("inf")
 

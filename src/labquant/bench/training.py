@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labquant.bench.common import SGD, build_model, normalized_batch, synthetic_data
-from labquant.bench.timing import rate, ratio
+from labquant.bench.timing import interleaved_best_seconds, rate, ratio
 from labquant.data.augment import normalize, random_pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
@@ -111,20 +111,6 @@ def training_step(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Callable[[], 
     return step
 
 
-def interleaved_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    """Best time of each step, run round-robin so that machine noise hits all of them alike."""
-    for step in steps.values():  # warm-up: allocator, oneDNN kernels, observers' first ranges
-        step()
-        step()
-    best = dict.fromkeys(steps, float("inf"))
-    for _ in range(max(1, rounds)):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str]) -> dict[str, Any]:
     """Each QAT step over the FP32 step, both as labquant trains them (channels_last, fp32),
     same model and batch; `ratio` is the worst qconfig's."""
@@ -136,7 +122,8 @@ def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str])
         workflow.set_engine(backend_for(name))
         workflow.prepare_qat(qat_net, get_qconfig(name, qat=True))
         contenders[name] = training_step(qat_net, batch)
-    seconds = interleaved_seconds(contenders, steps)
+    # Two warm-up steps: allocator, oneDNN kernels, the observers' first ranges.
+    seconds = interleaved_best_seconds(contenders, steps, warmup=2)
     fp32_s = seconds["fp32"]
     result: dict[str, Any] = {
         "model": model,

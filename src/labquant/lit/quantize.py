@@ -4,7 +4,6 @@ the quantization callbacks, and leave results.json + int8 files in the stage's f
 from __future__ import annotations
 
 import copy
-import io
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from labquant.lit.callbacks import Int8Export, PrepareQuantization, QATSchedule
 from labquant.lit.checkpoints import check_same_network, load_checkpoint, net_state
 from labquant.lit.fit import build_module, build_trainer, metrics_csv_path, model_name
 from labquant.quant.evaluate import cpu_latency, evaluate
+from labquant.quant.export import serialized_mib
 from labquant.quant.inspect import layer_table, worst_layers
 from labquant.reports.artifacts import write_json
 from labquant.reports.curves import plot_loss_accuracy
@@ -71,12 +71,6 @@ def check_qat_resume(cfg: DictConfig) -> None:
     if cfg.get("resume") and last.exists():
         fix = f"delete {last} to start this stage over, or run without resume=true"
         load_checkpoint(last, fix, setting="resume=true: checkpoint", mmap=True)
-
-
-def serialized_mib(net: nn.Module) -> float:
-    buffer = io.BytesIO()
-    torch.save(net.state_dict(), buffer)
-    return buffer.getbuffer().nbytes / 2**20
 
 
 def _is_int(value: Any) -> bool:
@@ -187,7 +181,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         **export.result,
         "fp32_test_acc": round(fp32_acc, 4),
         "acc_drop": round(fp32_acc - export.result["test_acc"], 4),
-        "fp32_size_mib": serialized_mib(fp32_net),
+        "fp32_size_mib": serialized_mib(fp32_net.state_dict()),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
         "layers": layers,
