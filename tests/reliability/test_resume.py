@@ -42,7 +42,7 @@ def kill_then_resume(module: str, overrides: list[str], run_dir: Path, kill_at: 
     killed = run_cli(module, *overrides, *killer, run_dir=run_dir)
     assert killed.returncode == -signal.SIGKILL, output(killed)[-3000:]
     assert not (run_dir / "results.json").exists()
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert last["epoch"] == point["epoch"] - 1  # the last finished epoch, nothing later
 
     resumed = run_cli(module, *overrides, "resume=true", run_dir=run_dir)
