@@ -1,8 +1,8 @@
 """Really try every fuse / prepare / convert / int8 x CPU-CUDA x train-eval combination.
 
 Writes docs/quantization-modes.md from what the installed torch actually does (see
-labquant.quant.modes). Needs no Hydra, so it runs with `PYTHONPATH=src python3 ...` on a bare
-GPU machine.
+scripts/mode_matrix.py, a documentation tool kept out of the package). Needs no Hydra, so it
+runs with `PYTHONPATH=src:scripts python3 scripts/quantization_modes.py` on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import argparse
 import time
 from pathlib import Path
 
-from labquant.quant.modes import render_markdown, run_matrix
-from labquant.quant.qconfigs import QCONFIG_NAMES
+from mode_matrix import QCONFIGS, render_markdown, run_matrix
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("docs/quantization-modes.md"))
-    parser.add_argument("--qconfig", choices=QCONFIG_NAMES, default="x86")
+    parser.add_argument("--qconfig", choices=list(QCONFIGS), default="x86")
     args = parser.parse_args()
     start = time.perf_counter()
     results = run_matrix(args.qconfig)

@@ -10,9 +10,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.ao.quantization import QConfig
 
-from labquant.cli.checks import CONF_DIR
+from labquant.config.groups import load_group_option
+from labquant.config.instantiate import instantiate
+from labquant.config.paths import CONF_DIR
+from labquant.config.resolvers import register_resolvers
+from labquant.quant.eager.qconfigs import eager_qconfig, engine_for
+from labquant.quant.qconfigs import QConfigSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +52,7 @@ def cifar10_mini_root() -> Path | None:
 def compose_config(config_name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """Compose a real config as the CLI would, with the run folder set to `output_dir`."""
     GlobalHydra.instance().clear()
+    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
@@ -68,7 +75,7 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(scope="session")
 def tiny_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One real FP32 run of the TINY setup, shared by the training and quantization tests."""
-    from labquant.lit.fit import fit_fp32
+    from labquant.tasks.train import fit_fp32
 
     out = tmp_path_factory.mktemp("fp32") / "run"
     cfg = compose_config("train", [*TINY, "trainer.max_epochs=4", "scheduler.warmup_epochs=1"], out)
@@ -85,7 +92,7 @@ QUANT_MODEL = [*TINY, "model.layers=[1,1,1,1]", "model.base_width=20"]
 @pytest.fixture(scope="session")
 def fp32_checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """A trained FP32 checkpoint for the quantization tests."""
-    from labquant.lit.fit import fit_fp32
+    from labquant.tasks.train import fit_fp32
 
     out = tmp_path_factory.mktemp("fp32w32") / "run"
     cfg = compose_config(
@@ -94,3 +101,20 @@ def fp32_checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict,
     results = fit_fp32(cfg)
     GlobalHydra.instance().clear()
     return results, out
+
+
+def qconfig_spec(name: str, **overrides: object) -> QConfigSpec:
+    """conf/qconfig/<name>.yaml built as the pipelines build it (`qconfig=<name>`)."""
+    cfg = OmegaConf.merge(load_group_option("qconfig", name), overrides)
+    return instantiate(cfg, f"qconfig={name}")
+
+
+def get_qconfig(name: str, qat: bool, max_shift_amount: int | None = None) -> QConfig:
+    """The eager backend's torch.ao QConfig for `qconfig=<name>`."""
+    overrides = {} if max_shift_amount is None else {"max_shift_amount": max_shift_amount}
+    return eager_qconfig(qconfig_spec(name, **overrides), qat=qat)
+
+
+def backend_for(name: str) -> str:
+    """The quantized engine the eager backend runs `qconfig=<name>` on."""
+    return engine_for(qconfig_spec(name))

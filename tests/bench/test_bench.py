@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from labquant.bench.report import check_targets, parse_target
-from labquant.bench.run import effective_settings
 from labquant.errors import ConfigError
+from labquant.tasks.bench.report import check_targets, parse_target
+from labquant.tasks.bench.run import effective_settings
 from tests.conftest import REPO_ROOT, compose_config
 
 TINY_BENCH = [
@@ -42,7 +42,7 @@ TINY_BENCH = [
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    from labquant.bench.run import run_bench
+    from labquant.tasks.bench.run import run_bench
 
     out = tmp_path_factory.mktemp("bench")
     results = run_bench(compose_config("bench", TINY_BENCH, out))
@@ -120,9 +120,9 @@ def test_quick_merges_the_smaller_samples() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("sections=[augment,nope]", "sections has unknown ['nope']"),
-        ("qconfigs=[x86,int4]", "qconfigs has unknown ['int4']"),
-        ("threads=0", "threads=0 must be an integer >= 1"),
+        ("sections=[augment,nope]", "sections=[augment,nope] item nope must be augment,"),
+        ("qconfigs=[x86,int4]", "qconfigs=[x86,int4] item int4 is not one of"),
+        ("threads=0", "threads=0 must be >= 1"),
     ],
 )
 def test_bad_bench_settings_are_one_line_errors(

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from labquant.cli.checks import CONF_DIR
+from labquant.config.paths import CONF_DIR
 
 BIN = Path(sys.executable).parent
 TINY_SWEEP = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labquant.cli import resolvers
+from labquant.config import resolvers
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_step_epoch_and_warmup_cap() -> None:
 
 
 def test_qat_stays_fp32_where_fp32_training_would_be_bf16(tmp_path, monkeypatch) -> None:
-    from labquant.lit.quantize import _qat_config
+    from labquant.tasks.quantize import _qat_config
     from tests.conftest import compose_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -22,7 +22,7 @@ def test_compile_true_trains_through_the_compiled_module(compose_train, monkeypa
         return partial(real_compile, backend="eager")(module, **kwargs)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    from labquant.lit.fit import FP32_STATE_DICT, fit_fp32
+    from labquant.tasks.train import FP32_STATE_DICT, fit_fp32
 
     cfg = compose_train(*TINY, "trainer.max_epochs=2", "compile=true")
     results = fit_fp32(cfg)

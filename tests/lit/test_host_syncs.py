@@ -7,13 +7,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
+import torch
 
-from labquant.bench.common import SGD
 from labquant.data.synthetic import SyntheticDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard, PrepareQuantization
 from labquant.lit.module import ClassifierModule
 from labquant.lit.schedulers import WarmupCosineAnnealingLR
 from labquant.models.resnet import small_resnet
+from labquant.quant.eager import EagerBackend
+from labquant.tasks.bench.common import SGD
+from tests.conftest import qconfig_spec
 from tests.sync_spy import HostReads
 
 
@@ -45,7 +48,12 @@ def test_training_steps_make_no_host_reads(qconfig: str | None) -> None:
     spy = SpyOnSteps()
     callbacks: list[pl.Callback] = [spy, EpochTimer(), NonFiniteLossGuard()]
     if qconfig:
-        callbacks.append(PrepareQuantization(qconfig, qat=True))
+        example = torch.zeros(2, 3, 32, 32)
+        callbacks.append(
+            PrepareQuantization(
+                EagerBackend(), qconfig_spec(qconfig), qat=True, example_input=example
+            )
+        )
     module = ClassifierModule(
         small_resnet(layers=[1, 1], base_width=8),
         optimizer=SGD,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labquant.lit.lab import run_lab
+from labquant.tasks.lab import run_lab
 from tests.conftest import TINY, compose_config
 
 LAB = [

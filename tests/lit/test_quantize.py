@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from labquant.data.synthetic import SyntheticDataModule
-from labquant.lit.quantize import quantize
 from labquant.models import build_resnet
+from labquant.tasks.quantize import quantize
 from tests.conftest import QUANT_MODEL, compose_config
 
 

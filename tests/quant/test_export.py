@@ -8,9 +8,9 @@ import warnings
 import torch
 
 from labquant.models.resnet import small_resnet
-from labquant.quant import workflow
-from labquant.quant.export import load_torchscript, save_torchscript, to_torchscript
-from labquant.quant.qconfigs import backend_for, get_qconfig
+from labquant.quant.eager import workflow
+from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
+from tests.conftest import backend_for, get_qconfig
 
 
 def test_frozen_torchscript_equals_eager_int8_at_any_batch_size() -> None:

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-
-from labquant.quant import modes
-from labquant.quant.modes import NO_GPU, STEPS, Cell, render_markdown, run_isolated, run_matrix
+from scripts import mode_matrix as modes
+from scripts.mode_matrix import NO_GPU, STEPS, Cell, render_markdown, run_isolated, run_matrix
 
 Results = dict[modes.Key, Cell]
 

@@ -12,7 +12,7 @@ import torch
 from torch.ao.quantization import FakeQuantize
 
 from labquant.errors import ConfigError
-from labquant.quant.observers import (
+from labquant.quant.eager.observers import (
     CusQuantObserver,
     PotFakeQuantize,
     clamp_status,

@@ -1,4 +1,4 @@
-"""Named qconfigs and their engines."""
+"""qconfigs as Hydra configs (conf/qconfig/*.yaml -> QConfigSpec) and their eager translation."""
 
 from __future__ import annotations
 
@@ -9,13 +9,26 @@ import torch
 from torch.ao.quantization import FakeQuantize, FusedMovingAvgObsFakeQuantize
 from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
+from labquant.config.groups import group_choices, load_group_option
 from labquant.errors import ConfigError
-from labquant.quant import qconfigs
-from labquant.quant.observers import CusQuantObserver
-from labquant.quant.qconfigs import QCONFIG_NAMES, backend_for, get_qconfig
+from labquant.quant.eager import qconfigs as eager_qconfigs
+from labquant.quant.eager.observers import CusQuantObserver
+from labquant.quant.qconfigs import QConfigSpec, engine_default, power_of_two
+from tests.conftest import backend_for, get_qconfig, qconfig_spec
 
 # Instantiating torch's x86/fbgemm default observers outside workflow.py: torch's own notice.
 pytestmark = pytest.mark.filterwarnings("ignore:.*reduce_range will be deprecated")
+
+QCONFIG_NAMES = group_choices("qconfig")
+
+
+def test_every_qconfig_yaml_names_its_factory_and_builds_a_spec():
+    assert set(QCONFIG_NAMES) >= {"x86", "fbgemm", "qnnpack", "pot"}
+    for name in QCONFIG_NAMES:
+        cfg = load_group_option("qconfig", name)
+        assert cfg._target_.startswith("labquant.quant.qconfigs.")
+        spec = qconfig_spec(name)
+        assert isinstance(spec, QConfigSpec) and spec.name == name
 
 
 @pytest.mark.parametrize("qat", [False, True], ids=["ptq", "qat"])
@@ -61,20 +74,24 @@ def test_pot_ptq_uses_the_power_of_two_observer():
     assert act.reduce_range is False  # full 8 bits on purpose (see CusQuantObserver)
 
 
-@pytest.mark.parametrize("name", ["X86", "fp32", "", "onednn"])
+@pytest.mark.parametrize("name", ["X86", "fp32", "onednn"])
 def test_unknown_name_is_a_config_error_listing_choices(name):
-    with pytest.raises(ConfigError, match=r"qconfig must be one of .*'pot'") as err:
-        get_qconfig(name, qat=False)
+    with pytest.raises(ConfigError, match=r"unknown qconfig .*pot") as err:
+        load_group_option("qconfig", name, setting="lab.qconfigs")
+    assert "\n" not in str(err.value) and "lab.qconfigs" in str(err.value)
+
+
+@pytest.mark.parametrize("shift", [40, -1, 2.5, True, "8"])
+def test_max_shift_amount_is_checked_for_pot(shift):
+    with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount=.* 0\.\.31") as err:
+        power_of_two(max_shift_amount=shift)
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="qconfig"):
-        backend_for(name)
 
 
-@pytest.mark.parametrize("qat", [False, True])
-def test_max_shift_amount_is_checked_for_pot_and_ignored_elsewhere(qat):
-    with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount"):
-        get_qconfig("pot", qat=qat, max_shift_amount=40)
-    get_qconfig("x86", qat=qat, max_shift_amount=None)  # conf/qconfig/x86.yaml sets it null
+def test_max_shift_amount_is_refused_where_it_has_no_meaning():
+    assert engine_default("x86", "x86").max_shift_amount is None  # conf/qconfig/x86.yaml: null
+    with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount=6 applies to power-of-two"):
+        engine_default("x86", "x86", max_shift_amount=6)
 
 
 ENGINES = [("x86", "x86"), ("pot", "x86"), ("fbgemm", "fbgemm"), ("qnnpack", "qnnpack")]
@@ -87,7 +104,7 @@ def test_backend_for(name, engine):
 
 
 def test_backend_missing_from_this_torch_build(monkeypatch):
-    monkeypatch.setattr(qconfigs, "_supported_engines", lambda: ["qnnpack"])
+    monkeypatch.setattr(eager_qconfigs, "_supported_engines", lambda: ["qnnpack"])
     assert backend_for("qnnpack") == "qnnpack"
     with pytest.raises(ConfigError, match=r"qconfig=pot needs the quantized engine 'x86'"):
         backend_for("pot")

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from torch.ao.quantization import FakeQuantize, FusedMovingAvgObsFakeQuantize
 
 from labquant.models.resnet import small_resnet
-from labquant.quant import workflow as wf
-from labquant.quant.observers import CusQuantObserver
-from labquant.quant.qconfigs import backend_for, get_qconfig
+from labquant.quant.eager import workflow as wf
+from labquant.quant.eager.observers import CusQuantObserver
+from tests.conftest import backend_for, get_qconfig
 
 MAX_SHIFT = 7  # not the default 8, so a kwarg lost on the way to the observer shows up
 LAYERS = {  # every conv / linear of small_resnet(layers=(1, 1))

@@ -270,3 +270,53 @@ def test_unwritable_run_folder_even_for_root(tmp_path: Path) -> None:
         pytest.skip("no Linux sysfs here")
     result = run_cli(*TINY, "trainer.max_epochs=1", run_dir=sysfs / "labquant-run")
     assert_one_line_error(result, "hydra.run.dir=/sys/labquant-run", "cannot write to /sys")
+
+
+# --- the settings schema and Hydra's instantiate: one line, before any work
+
+
+@pytest.mark.parametrize(
+    ("prog", "override", "needles"),
+    [
+        ("labquant-train", "data.batch_size=abc", ["data.batch_size=abc is not an integer"]),
+        ("labquant-train", "model.layers=[2,0]", ["model.layers=[2,0]", "integers >= 1"]),
+        ("labquant-lab", "lab.qconfigs=[]", ["lab.qconfigs=[] needs at least one item"]),
+        # raised inside hydra.utils.instantiate: Hydra's multi-line wrapper, made one line
+        ("labquant-train", "+model.width=3", ["model=", "unexpected keyword argument 'width'"]),
+    ],
+)
+def test_bad_setting_is_one_line_before_any_work(
+    tmp_path: Path, prog: str, override: str, needles: list[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, override, run_dir=run_dir, prog=prog)
+    assert_one_line_error(result, *needles, prog=prog)
+    assert_nothing_written(run_dir)
+    assert not (run_dir / "fp32").exists()
+
+
+# --- checkpoints that would run code when unpickled
+
+
+class _CreatesFile:
+    """Unpickling this calls Path.touch: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("prog", ["labquant-train", QUANTIZE])
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path, prog: str) -> None:
+    import torch
+
+    pwned = tmp_path / "pwned"
+    checkpoint = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {}, "payload": _CreatesFile(pwned)}, checkpoint)
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, f"ckpt_path={checkpoint}", run_dir=run_dir, prog=prog)
+    assert_one_line_error(result, f"ckpt_path={checkpoint}", "was refused", prog=prog)
+    assert not pwned.exists()
+    assert_nothing_written(run_dir)

@@ -13,8 +13,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from labquant.cli.app import run_task, write_failure
+from labquant.cli.app import run_job
 from labquant.errors import ConfigError, DataError, TrainingDiverged
+from labquant.tasks.runner import write_failure
 from tests.conftest import TINY
 from tests.reliability.faults import PoisonWeightsAt, fault_overrides
 from tests.reliability.runs import (
@@ -81,7 +82,7 @@ def test_single_run_refuses_a_folder_with_a_complete_result(tmp_path: Path) -> N
     assert not (run_dir / "checkpoints").exists()
 
 
-# --- run_task's rules, in-process
+# --- run_job's rules (cli/app.py over tasks/runner.py), in-process
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_error_before_any_work_writes_nothing(
     out_dir: Path, capsys: pytest.CaptureFixture[str], error: Exception
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        run_task(raising(error), job(out_dir), "labquant-train")
+        run_job(raising(error), job(out_dir), "labquant-train")
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"labquant-train: error: {error}\n"
     assert list(out_dir.iterdir()) == []
@@ -119,7 +120,7 @@ def test_user_error_during_work_is_recorded_in_one_line(
 ) -> None:
     error = TrainingDiverged("training diverged: loss is nan at epoch 2, step 40; lower lr")
     with pytest.raises(SystemExit) as exited:
-        run_task(raising(error), job(out_dir), "labquant-train")
+        run_job(raising(error), job(out_dir), "labquant-train")
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"labquant-train: error: {error}\n"
     assert results(out_dir) == {
@@ -131,7 +132,7 @@ def test_user_error_during_work_is_recorded_in_one_line(
 
 def test_crash_is_recorded_and_raised(out_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_task(raising(RuntimeError("out of memory\nmore detail")), job(out_dir), "prog")
+        run_job(raising(RuntimeError("out of memory\nmore detail")), job(out_dir), "prog")
     assert results(out_dir)["status"] == "failed"
     assert results(out_dir)["error"] == "out of memory"  # the first line
 
@@ -149,14 +150,14 @@ def test_overwrite_run_that_fails_replaces_the_complete_result(out_dir: Path) ->
     cfg = job(out_dir, overwrite=True)
     (out_dir / "results.json").write_text(json.dumps(COMPLETE))
     with pytest.raises(SystemExit):
-        run_task(raising(TrainingDiverged("training diverged")), cfg, "prog")
+        run_job(raising(TrainingDiverged("training diverged")), cfg, "prog")
     assert results(out_dir)["status"] == "failed"  # the folder no longer claims the old result
 
 
 def test_finished_lab_drops_the_failure_record_of_an_earlier_attempt(out_dir: Path) -> None:
     """A lab rerun after a failure finishes its stages; the lab folder must not go on saying
     "failed". A complete record (not written by the lab itself) is left alone."""
-    from labquant.lit.lab import clear_failure
+    from labquant.tasks.lab import clear_failure
 
     job(out_dir)
     write_failure(out_dir, TrainingDiverged("training diverged"))

@@ -1,3 +1,2 @@
-"""Hydra entry points: labquant-train, labquant-quantize, labquant-lab."""
-
-from labquant.cli import resolvers as _resolvers  # noqa: F401  (registers ${lq.*} resolvers)
+"""Hydra entry points only: labquant-train, -quantize, -lab, -bench. Each parses, hands over to a
+pipeline in tasks/, and turns user errors into one line and exit code 2."""

@@ -9,10 +9,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from labquant.bench.report import target_rows
-from labquant.bench.run import run_bench
-from labquant.cli.app import run_entry_point, run_task
-from labquant.cli.checks import CONF_DIR
+from labquant.cli.app import run_entry_point, run_job
+from labquant.config.paths import CONF_DIR
+from labquant.tasks.bench.report import target_rows
+from labquant.tasks.bench.run import run_bench
 
 PROG = "labquant-bench"
 
@@ -29,7 +29,7 @@ def print_table(results: dict[str, Any], out_dir: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def _hydra_main(cfg: DictConfig) -> None:
-    results = run_task(run_bench, cfg, PROG)
+    results = run_job(run_bench, cfg, PROG)
     print_table(results, cfg.paths.output_dir)
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from labquant.cli.app import run_entry_point, run_task
-from labquant.cli.checks import CONF_DIR
-from labquant.lit.lab import run_lab
+from labquant.cli.app import run_entry_point, run_job
+from labquant.config.paths import CONF_DIR
+from labquant.tasks.lab import run_lab
 
 PROG = "labquant-lab"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="lab")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_task(run_lab, cfg, PROG)
+    run_job(run_lab, cfg, PROG)
 
 
 def main() -> None:

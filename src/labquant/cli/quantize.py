@@ -5,16 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from labquant.cli.app import run_entry_point, run_task
-from labquant.cli.checks import CONF_DIR
-from labquant.lit.quantize import quantize
+from labquant.cli.app import run_entry_point, run_job
+from labquant.config.paths import CONF_DIR
+from labquant.tasks.quantize import quantize
 
 PROG = "labquant-quantize"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="quantize")
 def _hydra_main(cfg: DictConfig) -> float:
-    return run_task(quantize, cfg, PROG)["test_acc"]
+    return run_job(quantize, cfg, PROG)["test_acc"]
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
-"""OmegaConf resolvers used by the configs; registered on import of labquant.cli (also in the
-worker processes of parallel launchers, which import the task function)."""
+"""OmegaConf resolvers used by the configs (`${lq.*}`).
+
+Registered by `register_resolvers()`, which every entry point and the task functions call (worker
+processes of parallel launchers import the task function, never the CLI module)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,3 @@ def register_resolvers() -> None:
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-
-
-register_resolvers()

@@ -223,6 +223,19 @@ class TensorImageDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def calibration_dataloader(self) -> DataLoader:
+        """Training images WITHOUT augmentation, in a seeded shuffled order: what PTQ observers
+        see. Batches arrive as uint8 and are normalised by `on_after_batch_transfer`."""
+        x, y = self.arrays("train")
+        sampler = EpochSeededRandomSampler(len(y), self.seed)
+        batches = EpochBatchSampler(sampler, self.batch_size, drop_last=False)
+        return DataLoader(BatchTensorDataset(x, y), batch_size=None, sampler=batches)
+
+    def calibration_view(self) -> LightningDataModule:
+        """This data with the calibration batches as its validation set, so that Lightning's own
+        loop (`trainer.validate`) drives the PTQ observers."""
+        return _CalibrationView(self)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         x, y = self.arrays(split)
         n = len(y)
@@ -267,3 +280,18 @@ class TensorImageDataModule(LightningDataModule):
             g.manual_seed(derive_seed(self.seed, epoch, _AUGMENT_STREAM))
             self._aug_generator, self._aug_epoch = g, epoch
         return g
+
+
+class _CalibrationView(LightningDataModule):
+    """`TensorImageDataModule.calibration_view()`: calibration batches served as validation."""
+
+    def __init__(self, source: TensorImageDataModule) -> None:
+        super().__init__()
+        self.source = source
+
+    def val_dataloader(self) -> DataLoader:
+        return self.source.calibration_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        return (normalize(x) if x.dtype == torch.uint8 else x), y

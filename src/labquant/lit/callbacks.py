@@ -1,5 +1,5 @@
-"""Lightning callbacks for the quantization stages: prepare (fuse + observers) in `setup`,
-freeze QAT observers / BatchNorm on schedule, and export the int8 model at the end.
+"""Lightning callbacks: epoch timing, a NaN guard, and the quantization stages' prepare (in
+`setup`) and QAT schedule, both through the QuantBackend interface.
 
 Preparing in `setup` matters: it runs before a checkpoint is restored and before the optimizer
 exists, so a killed QAT run resumes into the same fake-quantized module tree (the Lightning 1.x
@@ -9,22 +9,15 @@ QAT callback prepared in `on_fit_start`, too late for that, and was removed).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 
 from labquant.errors import TrainingDiverged
-from labquant.quant import workflow
-from labquant.quant.evaluate import evaluate
-from labquant.quant.export import save_torchscript, to_torchscript
-from labquant.quant.qconfigs import backend_for, get_qconfig
-from labquant.reports.artifacts import file_size_mib, write_atomic
-
-INT8_TORCHSCRIPT = "model_int8.pt"
-INT8_STATE_DICT = "model_int8_state_dict.pt"
+from labquant.quant.backend import QuantBackend
+from labquant.quant.qconfigs import QConfigSpec
 
 
 class EpochTimer(pl.Callback):
@@ -105,30 +98,27 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 class PrepareQuantization(pl.Callback):
-    """Fuse and insert observers (PTQ) or fake-quant modules (QAT) into `pl_module.net`.
+    """Hand `pl_module.net` to the backend for PTQ (observers) or QAT (fake quantization) and
+    put the prepared model it returns in its place.
 
-    PTQ fuses with `fuse_modules` in eval mode (BN folded); QAT with `fuse_modules_qat` in train
-    mode (BN kept, trainable). Idempotent, so a second `fit`/`validate` does not prepare twice.
+    Idempotent, so a second `fit` / `validate` does not prepare twice.
     """
 
-    def __init__(self, qconfig: str, qat: bool, max_shift_amount: int | None = 8) -> None:
-        self.qconfig_name = qconfig
+    def __init__(
+        self, backend: QuantBackend, qconfig: QConfigSpec, qat: bool, example_input: Tensor
+    ) -> None:
+        self.backend = backend
+        self.qconfig = qconfig
         self.qat = qat
-        # Only the power-of-two qconfig has a shift limit; the others ignore it.
-        self.max_shift_amount = 8 if max_shift_amount is None else max_shift_amount
+        self.example_input = example_input
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = pl_module.net
-        if workflow.is_prepared(net):
+        if self.backend.is_prepared(net):
             return
-        workflow.set_engine(backend_for(self.qconfig_name))
-        qconfig = get_qconfig(
-            self.qconfig_name, qat=self.qat, max_shift_amount=self.max_shift_amount
-        )
-        if self.qat:
-            workflow.prepare_qat(net, qconfig)
-        else:
-            workflow.prepare_ptq(net, qconfig)
+        example = self.example_input.to(trainer.strategy.root_device)
+        prepare = self.backend.prepare_qat if self.qat else self.backend.prepare_ptq
+        pl_module.net = prepare(net, self.qconfig, example)
 
 
 class QATSchedule(pl.Callback):
@@ -138,62 +128,22 @@ class QATSchedule(pl.Callback):
     same state; validation never moves the observers.
     """
 
-    def __init__(self, freeze_observer_epoch: int = 4, freeze_bn_epoch: int = 3) -> None:
+    def __init__(
+        self, backend: QuantBackend, freeze_observer_epoch: int = 4, freeze_bn_epoch: int = 3
+    ) -> None:
+        self.backend = backend
         self.freeze_observer_epoch = freeze_observer_epoch
         self.freeze_bn_epoch = freeze_bn_epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if epoch >= self.freeze_observer_epoch:
-            workflow.disable_observers(pl_module.net)
-        else:
-            workflow.enable_observers(pl_module.net)
+        self.backend.set_observers(pl_module.net, enabled=epoch < self.freeze_observer_epoch)
         if epoch >= self.freeze_bn_epoch:
-            workflow.freeze_bn_stats(pl_module.net)
+            self.backend.freeze_bn_stats(pl_module.net)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        workflow.disable_observers(pl_module.net)
+        self.backend.set_observers(pl_module.net, enabled=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        scales = workflow.fake_quant_scales(pl_module.net)
+        scales = self.backend.fake_quant_scales(pl_module.net)
         pl_module.log_dict({f"qat_scale/{name}": value for name, value in scales.items()})
-
-
-class Int8Export(pl.Callback):
-    """Convert a CPU copy of the prepared net to int8, test it on the CPU and save it.
-
-    Runs after a finished `fit` (QAT) or a calibration `validate` (PTQ); the float module is
-    left as it is, so the QAT checkpoint stays resumable.
-    """
-
-    def __init__(self, datamodule: pl.LightningDataModule, output_dir: str | Path) -> None:
-        self.datamodule = datamodule
-        self.output_dir = Path(output_dir)
-        self.result: dict[str, Any] | None = None
-        self.int8_net: torch.nn.Module | None = None
-        self.int8_script: torch.jit.ScriptModule | None = None
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.export(pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING:
-            self.export(pl_module)
-
-    def export(self, pl_module: pl.LightningModule) -> None:
-        int8 = workflow.convert_int8(pl_module.net)
-        test_acc, test_loss = evaluate(int8, self.datamodule.test_dataloader())
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        script = to_torchscript(int8, torch.zeros(1, *self.datamodule.image_shape))
-        write_atomic(self.output_dir / INT8_TORCHSCRIPT, lambda tmp: save_torchscript(script, tmp))
-        state_path = self.output_dir / INT8_STATE_DICT
-        write_atomic(state_path, lambda tmp: torch.save(int8.state_dict(), tmp))
-        self.int8_net = int8
-        self.int8_script = script
-        self.result = {
-            "test_acc": round(test_acc, 4),
-            "test_loss": test_loss,
-            "size_mib": file_size_mib(state_path),
-            "int8_torchscript": INT8_TORCHSCRIPT,
-            "int8_state_dict": INT8_STATE_DICT,
-        }

@@ -7,6 +7,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from labquant.config.schema import check_warmup_epochs
 from labquant.errors import ConfigError
 
 
@@ -27,11 +28,7 @@ class WarmupCosineAnnealingLR(LRScheduler):
         steps_per_epoch: int = 1,
         last_epoch: int = -1,
     ) -> None:
-        if warmup_epochs < 0 or warmup_epochs >= max_epochs:
-            raise ConfigError(
-                f"scheduler.warmup_epochs={warmup_epochs} must be in [0, max_epochs={max_epochs}); "
-                "lower scheduler.warmup_epochs or raise trainer.max_epochs"
-            )
+        check_warmup_epochs(warmup_epochs, max_epochs)
         if steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch={steps_per_epoch} must be >= 1")
         self.warmup_steps = round(warmup_epochs * steps_per_epoch)

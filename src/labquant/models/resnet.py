@@ -18,7 +18,7 @@ from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub
 
 from labquant.errors import ConfigError
-from labquant.quant.workflow import fuse
+from labquant.models.fusion import fuse
 
 STEMS = ("cifar", "imagenet")
 BLOCKS = ("basic", "bottleneck")

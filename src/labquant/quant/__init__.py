@@ -1,1 +1,2 @@
-"""Quantization: observers, named qconfigs, and the single gateway to torch.ao.quantization."""
+"""Quantization behind one interface (`QuantBackend`): qconfig specs, the backend seam, and one
+subpackage per backend (eager today). Nothing here imports models/ or data/."""

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import labquant.cli.resolvers  # noqa: F401  (the saved configs use ${lq.step_epoch:...})
+from labquant.config.resolvers import register_resolvers
 from labquant.reports.artifacts import read_json, write_atomic, write_text
 from labquant.reports.curves import read_epoch_metrics
 
@@ -56,6 +56,7 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:
+    register_resolvers()  # the saved configs use ${lq.step_epoch:...}
     cfg = OmegaConf.load(job_dir / ".hydra/config.yaml")
     path = job_dir / "results.json"
     results: dict[str, Any] = read_json(path) if path.is_file() else {}

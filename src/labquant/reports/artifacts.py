@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import torch
 
 
 def _umask() -> int:
@@ -49,3 +52,10 @@ def read_json(path: Path) -> Any:
 
 def file_size_mib(path: Path) -> float:
     return Path(path).stat().st_size / 2**20
+
+
+def serialized_mib(obj: Any, save: Callable[[Any, IO[bytes]], None] = torch.save) -> float:
+    """Size in MiB of `obj` saved with `save` (a state_dict by default), without a file."""
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    return buffer.getbuffer().nbytes / 2**20

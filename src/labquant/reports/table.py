@@ -18,6 +18,11 @@ COLUMNS = (
 )
 
 
+def worst_layers(layers: list[dict[str, Any]], count: int = 5) -> list[dict[str, Any]]:
+    """The layers with the lowest SQNR against FP32: where quantization hurts most."""
+    return sorted(layers, key=lambda layer: layer["sqnr_db"])[:count]
+
+
 def stage_row(
     results: dict[str, Any], stage_dir: str, fp32_latency: dict[str, float] | None = None
 ) -> dict[str, Any]:
@@ -76,7 +81,7 @@ def write_lab_report(
         layers = results.get("layers") or []
         if not layers:
             continue
-        worst = sorted(layers, key=lambda layer: layer["sqnr_db"])[:5]
+        worst = worst_layers(layers)
         parts += [
             f"## Five worst layers, {row['stage'].upper()} {row['qconfig']} (SQNR vs FP32)",
             "",

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labquant.data.augment import normalize
+
+Model = Callable[[Tensor], Tensor]  # an nn.Module or a backend's deployable int8 model
+
+
+def _eval_mode(net: Model) -> None:
+    if isinstance(net, nn.Module):
+        net.eval()
 
 
 def _prepare_input(x: Tensor, device: torch.device | str) -> Tensor:
@@ -21,10 +28,10 @@ def _prepare_input(x: Tensor, device: torch.device | str) -> Tensor:
 
 @torch.inference_mode()
 def evaluate(
-    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: str = "cpu"
+    net: Model, batches: Iterable[tuple[Tensor, Tensor]], device: str = "cpu"
 ) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy of `net` on uint8 or normalised batches."""
-    net.eval()
+    _eval_mode(net)
     correct, total, loss_sum = 0, 0, 0.0
     for x, y in batches:
         logits = net(_prepare_input(x, device))
@@ -36,9 +43,9 @@ def evaluate(
 
 
 @torch.inference_mode()
-def images_per_second(net: nn.Module, batch: Tensor, repeats: int = 5, warmup: int = 2) -> float:
+def images_per_second(net: Model, batch: Tensor, repeats: int = 5, warmup: int = 2) -> float:
     """Median throughput over `repeats` timed forward passes after `warmup` untimed ones."""
-    net.eval()
+    _eval_mode(net)
     for _ in range(warmup):
         net(batch)
     times = []
@@ -49,7 +56,7 @@ def images_per_second(net: nn.Module, batch: Tensor, repeats: int = 5, warmup: i
     return len(batch) / statistics.median(times)
 
 
-def cpu_latency(net: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, float]:
+def cpu_latency(net: Model, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, float]:
     """The report's two CPU figures: batch-1 latency (ms) and batch-256 throughput (img/s)."""
     gen = torch.Generator().manual_seed(0)
     one = torch.randn(1, *image_shape, generator=gen)

@@ -13,24 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from labquant.cli.checks import check_train_config
-from labquant.lit.fit import fit_fp32
-from labquant.lit.quantize import check_quant_config, quantize
+from labquant.config.groups import load_group_option
+from labquant.config.instantiate import instantiate
+from labquant.config.schema import validate_settings
 from labquant.reports.artifacts import read_json
 from labquant.reports.table import stage_row, write_lab_report
+from labquant.tasks.checks import check_train_checkpoint
+from labquant.tasks.quantize import quantize
+from labquant.tasks.runner import completed_results
+from labquant.tasks.train import fit_fp32
 
 log = logging.getLogger(__name__)
-
-
-def completed(stage_dir: Path) -> dict[str, Any] | None:
-    path = stage_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        results = read_json(path)
-    except ValueError:
-        return None
-    return results if results.get("status") == "complete" else None
 
 
 def clear_failure(lab_dir: Path) -> None:
@@ -53,15 +46,34 @@ def with_overrides(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
     return OmegaConf.merge(copy, overrides)
 
 
-def stage_config(cfg: DictConfig, stage_dir: Path, **overrides: Any) -> DictConfig:
+def stage_config(
+    cfg: DictConfig, stage_dir: Path, qconfig: DictConfig | None = None, **overrides: Any
+) -> DictConfig:
+    """The stage's config; `qconfig` replaces the composed one whole (another factory may take
+    other arguments, so it is not merged)."""
     stage = with_overrides(cfg, overrides)
     with open_dict(stage):
         stage.paths.output_dir = str(stage_dir)
+        if qconfig is not None:
+            stage.qconfig = qconfig
     return stage
 
 
+def qconfig_option(cfg: DictConfig, name: str) -> DictConfig:
+    """The qconfig config of one `lab.qconfigs` entry: the composed `qconfig` (with the user's
+    overrides) when it is that one, else its YAML, with `qconfig.max_shift_amount` carried over
+    to every qconfig that has a shift limit."""
+    if cfg.qconfig.get("name") == name:
+        return cfg.qconfig
+    option = load_group_option("qconfig", name, setting="lab.qconfigs")
+    shift = cfg.qconfig.get("max_shift_amount")
+    if option.get("max_shift_amount") is not None and shift is not None:
+        option.max_shift_amount = shift
+    return option
+
+
 def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> dict[str, Any]:
-    done = completed(stage_dir)
+    done = completed_results(stage_dir)
     if done is not None:
         log.info("stage %s: complete in %s, not redone", name, stage_dir)
         return done
@@ -72,27 +84,24 @@ def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> di
 
 def run_lab(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    check_train_config(cfg)
+    validate_settings(cfg)
+    check_train_checkpoint(cfg)
     lab_dir = Path(cfg.paths.output_dir)
-    qconfigs = list(cfg.lab.qconfigs)
-    for mode in ("ptq", "qat"):
-        check_quant_config(with_overrides(cfg, {"quant": cfg.lab[mode]}), f"lab.{mode}")
+    qconfigs = {name: qconfig_option(cfg, name) for name in cfg.lab.qconfigs}
+    for name, option in qconfigs.items():
+        instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
 
     fp32_dir = lab_dir / "fp32"
     fp32 = run_stage("fp32", fp32_dir, fit_fp32, stage_config(cfg, fp32_dir))
     checkpoint = str(fp32_dir / fp32["checkpoint"])
     stage_results: dict[str, dict[str, Any]] = {"fp32": fp32}
-    for qconfig in qconfigs:
+    for qconfig, option in qconfigs.items():
         for mode in ("ptq", "qat"):
             name = f"{mode}_{qconfig}"
-            overrides = {
-                "quant": cfg.lab[mode],
-                "qconfig": {"name": qconfig, "max_shift_amount": cfg.qconfig.max_shift_amount},
-                "ckpt_path": checkpoint,
-            }
+            overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
             stage_dir = lab_dir / name
             stage_results[name] = run_stage(
-                name, stage_dir, quantize, stage_config(cfg, stage_dir, **overrides)
+                name, stage_dir, quantize, stage_config(cfg, stage_dir, qconfig=option, **overrides)
             )
 
     first_quant_dir = next(key for key in stage_results if key != "fp32")

@@ -1,5 +1,9 @@
-"""PTQ and QAT stages: load an FP32 checkpoint, quantize it through Lightning's own loops and
-the quantization callbacks, and leave results.json + int8 files in the stage's folder."""
+"""`labquant-quantize`'s pipeline: one PTQ or QAT stage from an FP32 checkpoint.
+
+Lightning's own loops drive the backend's observers (`trainer.validate` on calibration batches)
+or fake-quant fine-tuning (`trainer.fit`); once they return, this module converts, evaluates and
+saves the int8 model (as torchvision's reference does) and writes results.json.
+"""
 
 from __future__ import annotations
 
@@ -8,93 +12,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from labquant.cli.checks import check_batch_size
-from labquant.data.augment import normalize
-from labquant.data.tensors import (
-    BatchTensorDataset,
-    EpochBatchSampler,
-    EpochSeededRandomSampler,
-    TensorImageDataModule,
+from labquant.checkpoints import (
+    check_same_network,
+    load_checkpoint,
+    net_state,
+    safe_checkpoint_globals,
 )
-from labquant.errors import ConfigError
-from labquant.lit.callbacks import Int8Export, PrepareQuantization, QATSchedule
-from labquant.lit.checkpoints import check_same_network, load_checkpoint, net_state
-from labquant.lit.fit import build_module, build_trainer, metrics_csv_path, model_name
-from labquant.quant.evaluate import cpu_latency, evaluate
-from labquant.quant.export import serialized_mib
-from labquant.quant.inspect import layer_table, worst_layers
-from labquant.reports.artifacts import write_json
+from labquant.config.instantiate import instantiate
+from labquant.config.schema import validate_settings
+from labquant.data.augment import normalize
+from labquant.data.tensors import TensorImageDataModule
+from labquant.lit.callbacks import PrepareQuantization, QATSchedule
+from labquant.lit.module import ClassifierModule
+from labquant.quant.backend import QuantBackend
+from labquant.quant.qconfigs import QConfigSpec
+from labquant.reports.artifacts import serialized_mib, write_json
 from labquant.reports.curves import plot_loss_accuracy
+from labquant.reports.table import worst_layers
+from labquant.tasks.checks import check_batch_size, check_qat_resume
+from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
+from labquant.tasks.evaluate import cpu_latency, evaluate
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
 
 
-class CalibrationData(LightningDataModule):
-    """Training images WITHOUT augmentation, served as a validation set so that Lightning's
-    own loop (`trainer.validate`) drives the PTQ observers."""
-
-    def __init__(self, source: TensorImageDataModule) -> None:
-        super().__init__()
-        self.source = source
-
-    def val_dataloader(self) -> DataLoader:
-        x, y = self.source.arrays("train")
-        sampler = EpochSeededRandomSampler(len(y), self.source.seed)
-        batches = EpochBatchSampler(sampler, self.source.batch_size, drop_last=False)
-        return DataLoader(BatchTensorDataset(x, y), batch_size=None, sampler=batches)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, y = batch
-        return (normalize(x) if x.dtype == torch.uint8 else x), y
-
-
 def load_fp32_net(cfg: DictConfig, checkpoint: dict[str, Any]) -> nn.Module:
     """Build `cfg.model` and load the checkpoint's weights; another architecture is refused."""
-    net = hydra.utils.instantiate(cfg.model)
+    net = instantiate(cfg.model, "model")
     check_same_network(net, checkpoint, f"ckpt_path={cfg.ckpt_path}")
     net.load_state_dict(net_state(checkpoint))
     return net
 
 
-def check_qat_resume(cfg: DictConfig) -> None:
-    """resume=true makes Lightning load <run dir>/checkpoints/last.ckpt: fail in one line, not
-    in its restore, when that file is damaged."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if cfg.get("resume") and last.exists():
-        fix = f"delete {last} to start this stage over, or run without resume=true"
-        load_checkpoint(last, fix, setting="resume=true: checkpoint", mmap=True)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_quant_config(cfg: DictConfig, quant_key: str = "quant") -> None:
-    """`quant_key` is where the user sets cfg.quant: `quant` here, `lab.ptq` in the lab."""
-    batches = cfg.quant.get("calibration_batches")
-    if batches is not None and (not _is_int(batches) or batches < 1):
-        raise ConfigError(
-            f"{quant_key}.calibration_batches={batches} must be an integer >= 1; e.g. "
-            f"{quant_key}.calibration_batches=32"
-        )
-    shift = cfg.qconfig.get("max_shift_amount")
-    if shift is not None and (not _is_int(shift) or not 0 <= shift <= 31):
-        raise ConfigError(
-            f"qconfig.max_shift_amount={shift} must be an integer in 0..31 (the shift of a "
-            "power-of-two scale 2**-n); e.g. qconfig.max_shift_amount=8"
-        )
-
-
 def _calibrate(
-    cfg: DictConfig, module: pl.LightningModule, dm: TensorImageDataModule, export: Int8Export
+    cfg: DictConfig, module: ClassifierModule, dm: TensorImageDataModule, prepare: pl.Callback
 ) -> None:
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -104,14 +59,9 @@ def _calibrate(
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=cfg.quant.calibration_batches,
-        callbacks=[
-            PrepareQuantization(
-                cfg.qconfig.name, qat=False, max_shift_amount=cfg.qconfig.max_shift_amount
-            ),
-            export,
-        ],
+        callbacks=[prepare],
     )
-    trainer.validate(module, datamodule=CalibrationData(dm), verbose=False)
+    trainer.validate(module, datamodule=dm.calibration_view(), verbose=False)
 
 
 def _qat_config(cfg: DictConfig) -> DictConfig:
@@ -126,19 +76,22 @@ def _qat_config(cfg: DictConfig) -> DictConfig:
 
 
 def _fine_tune(
-    cfg: DictConfig, net: nn.Module, dm: TensorImageDataModule, export: Int8Export
+    cfg: DictConfig,
+    module: ClassifierModule,
+    dm: TensorImageDataModule,
+    backend: QuantBackend,
+    prepare: pl.Callback,
 ) -> str:
     qat_cfg = _qat_config(cfg)
-    module = build_module(qat_cfg, net=net)
-    callbacks = [
-        PrepareQuantization(
-            cfg.qconfig.name, qat=True, max_shift_amount=cfg.qconfig.max_shift_amount
-        ),
-        QATSchedule(cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch),
-        export,
-    ]
-    trainer = build_trainer(qat_cfg, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path="last" if cfg.get("resume") else None)
+    schedule = QATSchedule(backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch)
+    trainer = build_trainer(qat_cfg, extra_callbacks=[prepare, schedule])
+    with safe_checkpoint_globals():
+        trainer.fit(
+            module,
+            datamodule=dm,
+            ckpt_path="last" if cfg.get("resume") else None,
+            weights_only=True,
+        )
     csv_path = metrics_csv_path(trainer)
     if csv_path is not None and csv_path.exists():
         title = f"{model_name(cfg)} QAT ({cfg.qconfig.name})"
@@ -149,49 +102,59 @@ def _fine_tune(
 def quantize(cfg: DictConfig) -> dict[str, Any]:
     """One PTQ or QAT stage; returns (and writes) its results.json."""
     started = time.perf_counter()
-    check_quant_config(cfg)
+    validate_settings(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
+    backend: QuantBackend = instantiate(cfg.backend, "backend")
     checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
     check_qat_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    dm: TensorImageDataModule = hydra.utils.instantiate(cfg.data)
+    dm: TensorImageDataModule = instantiate(cfg.data, "data")
     dm.prepare_data()
     dm.setup("fit")
     check_batch_size(dm)
 
     fp32_net = load_fp32_net(cfg, checkpoint)
     fp32_acc, _ = evaluate(copy.deepcopy(fp32_net), dm.test_dataloader())
-    net = copy.deepcopy(fp32_net)
-    export = Int8Export(dm, out_dir)
-    if cfg.quant.mode == "qat":
-        train_device = _fine_tune(cfg, net, dm, export)
-    else:
-        train_device = None
-        _calibrate(cfg, build_module(cfg, net=net), dm, export)
-    assert export.result is not None and export.int8_net is not None
-
     batch: Tensor = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
-    layers = layer_table(fp32_net, net.cpu(), export.int8_net, batch)
+    qat = cfg.quant.mode == "qat"
+    prepare = PrepareQuantization(backend, qconfig, qat=qat, example_input=batch[:2])
+    if qat:
+        module = build_module(_qat_config(cfg), net=copy.deepcopy(fp32_net))
+        train_device = _fine_tune(cfg, module, dm, backend, prepare)
+    else:
+        module = build_module(cfg, net=copy.deepcopy(fp32_net))
+        train_device = None
+        _calibrate(cfg, module, dm, prepare)
+
+    prepared = module.net
+    int8 = backend.convert(prepared, batch)
+    test_acc, test_loss = evaluate(int8, dm.test_dataloader())
+    saved = backend.save(int8, out_dir)
+    layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
     results: dict[str, Any] = {
         "stage": cfg.quant.mode,
         "status": "complete",
-        "qconfig": cfg.qconfig.name,
-        "max_shift_amount": cfg.qconfig.max_shift_amount if cfg.qconfig.name == "pot" else None,
+        "backend": backend.name,
+        "qconfig": qconfig.name,
+        "max_shift_amount": qconfig.max_shift_amount,
         "model": model_name(cfg),
-        **export.result,
+        "test_acc": round(test_acc, 4),
+        "test_loss": test_loss,
+        **saved,
         "fp32_test_acc": round(fp32_acc, 4),
-        "acc_drop": round(fp32_acc - export.result["test_acc"], 4),
+        "acc_drop": round(fp32_acc - test_acc, 4),
         "fp32_size_mib": serialized_mib(fp32_net.state_dict()),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
         "layers": layers,
         "worst_layers": [layer["name"] for layer in worst_layers(layers)],
     }
-    if cfg.quant.mode == "ptq":
+    if not qat:
         results["calibration_batches"] = cfg.quant.calibration_batches
     if cfg.quant.get("measure_latency", True):
-        # The deployed form of each: the frozen TorchScript file for int8, eager FP32.
-        results["latency"] = cpu_latency(export.int8_script or export.int8_net)
+        # The deployed form of each: the backend's int8 artifact, eager FP32.
+        results["latency"] = cpu_latency(int8)
         results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "results.json", results)

@@ -1,48 +1,33 @@
-"""What every entry point shares: checks before Hydra starts, one-line user errors, results that
-say when a run failed, completed runs that are skipped (sweeps) or protected (single runs)."""
+"""What every pipeline run shares: results that say when a run failed, completed runs that are
+skipped (sweeps) or protected (single runs), and each parallel job's share of the cores.
+
+User errors are raised, not printed: turning them into one line and exit code 2 is the entry
+points' job (cli/)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from labquant.cli.checks import check_group_overrides, check_output_dir
+from labquant.config.resolvers import register_resolvers
 from labquant.errors import ConfigError, DataError, UserError
 from labquant.reports.artifacts import read_json, write_json
 
 log = logging.getLogger(__name__)
-USER_ERROR_EXIT = 2
 # Raised by the checks before any work (loading settings, data and checkpoints): a single run
 # that stops on one of these has produced nothing, so it writes nothing.
 BEFORE_WORK_ERRORS = (ConfigError, DataError)
 
 
-def fail(prog: str, error: BaseException) -> NoReturn:
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    sys.exit(USER_ERROR_EXIT)
-
-
-def run_entry_point(hydra_main: Callable[[], Any], prog: str) -> None:
-    """Check config-group choices and the output folder on the command line, then hand over to
-    Hydra (whose own errors for both are tracebacks or multi-line reports)."""
-    try:
-        check_group_overrides(sys.argv[1:])
-        check_output_dir(sys.argv[1:])
-    except UserError as error:
-        fail(prog, error)
-    hydra_main()
-
-
-def _is_multirun() -> bool:
+def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -99,10 +84,10 @@ def write_failure(out_dir: Path, error: BaseException, overwrite: bool = False) 
     return True
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run one Hydra job.
 
-    A UserError becomes one line and exit code 2 in a single run. A failure once work has
+    A UserError is re-raised for the entry point to print as one line. A failure once work has
     started (training diverged, a crash) is recorded in results.json with status "failed";
     the run's checkpoints stay, so `resume=true` can continue from the last good one. A config
     or data error found by the checks before any work writes nothing in a single run. In a
@@ -110,7 +95,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> A
     other jobs still run, and the sweep ends non-zero. A folder with a complete result is skipped
     in a sweep and refused in a single run unless `overwrite=true`.
     """
-    multirun = _is_multirun()
+    multirun = is_multirun()
     out_dir = Path(cfg.paths.output_dir)
     overwrite = bool(cfg.get("overwrite", False))
     done = completed_results(out_dir)
@@ -119,22 +104,19 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> A
             log.info("%s holds a complete results.json: not rerun", out_dir)
             return done
         if not overwrite:
-            fail(
-                prog,
-                ConfigError(
-                    f"{out_dir} already holds a complete results.json; pass overwrite=true to "
-                    "replace it, or choose another hydra.run.dir"
-                ),
+            raise ConfigError(
+                f"{out_dir} already holds a complete results.json; pass overwrite=true to "
+                "replace it, or choose another hydra.run.dir"
             )
+    register_resolvers()  # a launcher's worker process imports this module, never the CLI
     share_cores()
     try:
         return task(cfg)
     except UserError as error:
         if multirun or not isinstance(error, BEFORE_WORK_ERRORS):
             write_failure(out_dir, error, overwrite)
-        if not multirun:
-            fail(prog, error)
-        log.error("%s", error)
+        if multirun:
+            log.error("%s", error)
         raise
     except Exception as error:
         write_failure(out_dir, error, overwrite)

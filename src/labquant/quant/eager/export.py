@@ -7,12 +7,11 @@ the int8 convolutions themselves (2-3x slower than the frozen module on 2 CPU co
 
 from __future__ import annotations
 
-import io
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
 from torch import nn
@@ -45,10 +44,3 @@ def save_torchscript(script: torch.jit.ScriptModule, file: Path | IO[bytes]) -> 
 def load_torchscript(file: Path | IO[bytes]) -> torch.jit.ScriptModule:
     with _quiet_jit():
         return torch.jit.load(file)
-
-
-def serialized_mib(obj: Any, save: Callable[[Any, IO[bytes]], None] = torch.save) -> float:
-    """Size in MiB of `obj` saved with `save` (a state_dict by default), without a file."""
-    buffer = io.BytesIO()
-    save(obj, buffer)
-    return buffer.getbuffer().nbytes / 2**20

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.quant.workflow import quantized_layers
+from labquant.quant.eager.workflow import quantized_layers
 
 SQNR_CAP_DB = 200.0  # identical outputs: a finite number keeps results.json valid JSON
 
@@ -117,7 +117,3 @@ def layer_table(
         }
         for name, module in layers
     ]
-
-
-def worst_layers(layers: list[dict[str, Any]], count: int = 5) -> list[dict[str, Any]]:
-    return sorted(layers, key=lambda layer: layer["sqnr_db"])[:count]

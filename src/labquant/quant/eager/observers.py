@@ -6,7 +6,6 @@ must be exactly 2**-n with 0 <= n <= max_shift_amount (the widest shift the data
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -14,27 +13,8 @@ from torch import Tensor
 from torch.ao.quantization import FakeQuantize
 from torch.ao.quantization.observer import MinMaxObserver
 
+from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
-
-MAX_SHIFT_LIMIT = 31  # a 32-bit accumulator cannot be shifted further
-
-
-def check_max_shift_amount(max_shift_amount: Any) -> int:
-    """Reject floats and bools up front: a shift of 2.5 bits has no hardware meaning."""
-    if isinstance(max_shift_amount, bool):
-        ok = False
-    else:
-        try:
-            max_shift_amount = operator.index(max_shift_amount)
-            ok = 0 <= max_shift_amount <= MAX_SHIFT_LIMIT
-        except TypeError:
-            ok = False
-    if not ok:
-        raise ConfigError(
-            f"qconfig.max_shift_amount must be an int in 0..{MAX_SHIFT_LIMIT} (the widest right "
-            f"shift the hardware has), got {max_shift_amount!r}"
-        )
-    return max_shift_amount
 
 
 def _shift_amount(scale: Tensor) -> Tensor:

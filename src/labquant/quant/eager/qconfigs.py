@@ -1,29 +1,18 @@
-"""Named qconfigs: torch's per-backend defaults plus `pot`, the power-of-two one."""
+"""A `QConfigSpec` as eager-mode torch.ao objects: the QConfig, and the engine whose int8
+kernels run it."""
 
 from __future__ import annotations
 
 import torch
-from torch.ao.quantization import (
-    QConfig,
-    get_default_qat_qconfig,
-    get_default_qconfig,
-)
+from torch.ao.quantization import QConfig, get_default_qat_qconfig, get_default_qconfig
 
+from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
-from labquant.quant.observers import CusQuantObserver, PotFakeQuantize, check_max_shift_amount
-
-QCONFIG_NAMES = ("x86", "fbgemm", "qnnpack", "pot")
-
-# pot's int8 kernels run on the x86 engine: the scales are plain floats that happen to be 2**-n.
-_ENGINES = {"x86": "x86", "fbgemm": "fbgemm", "qnnpack": "qnnpack", "pot": "x86"}
+from labquant.quant.eager.observers import CusQuantObserver, PotFakeQuantize
+from labquant.quant.qconfigs import QConfigSpec
 
 
-def _check_name(name: str) -> None:
-    if name not in QCONFIG_NAMES:
-        raise ConfigError(f"qconfig must be one of {list(QCONFIG_NAMES)}, got {name!r}")
-
-
-def _pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
+def pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
     """Both weights and activations symmetric per-tensor with 2**-n scales.
 
     QAT uses a plain FakeQuantize (PotFakeQuantize: the same, without per-step host syncs),
@@ -49,12 +38,11 @@ def _pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
     )
 
 
-def get_qconfig(name: str, qat: bool, max_shift_amount: int | None = 8) -> QConfig:
-    """QConfig for `name`; other names ignore `max_shift_amount` (their configs set it null)."""
-    _check_name(name)
-    if name == "pot":
-        return _pot_qconfig(qat, check_max_shift_amount(max_shift_amount))
-    return get_default_qat_qconfig(name) if qat else get_default_qconfig(name)
+def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
+    """The torch.ao QConfig for `spec`: power-of-two observers, or the engine's defaults."""
+    if spec.power_of_two:
+        return pot_qconfig(qat, check_max_shift_amount(spec.max_shift_amount))
+    return get_default_qat_qconfig(spec.engine) if qat else get_default_qconfig(spec.engine)
 
 
 def _supported_engines() -> list[str]:
@@ -62,14 +50,12 @@ def _supported_engines() -> list[str]:
     return list(torch.backends.quantized.supported_engines)
 
 
-def backend_for(name: str) -> str:
-    """The torch.backends.quantized.engine whose kernels match the qconfig's observers."""
-    _check_name(name)
-    engine = _ENGINES[name]
+def engine_for(spec: QConfigSpec) -> str:
+    """The torch.backends.quantized.engine whose kernels match the spec's observers."""
     supported = _supported_engines()
-    if engine not in supported:
+    if spec.engine not in supported:
         raise ConfigError(
-            f"qconfig={name} needs the quantized engine {engine!r}, which this torch build "
-            f"lacks (it has {supported}); pick another qconfig"
+            f"qconfig={spec.name} needs the quantized engine {spec.engine!r}, which this torch "
+            f"build lacks (it has {supported}); pick another qconfig"
         )
-    return engine
+    return spec.engine

@@ -1,15 +1,15 @@
-"""The ONLY module that calls torch.ao.quantization's eager-mode API.
+"""Eager-mode torch.ao.quantization calls: prepare, observers on / off, BN freeze, convert.
 
-Eager mode is deprecated upstream (DeprecationWarning on fuse / prepare / convert) but still the
-only way to run the lab's int8 flow; keeping every call here lets a PT2E / torchao backend be
-added beside it later, and keeps the warning filter in one place.
+Eager mode is deprecated upstream (DeprecationWarning on prepare / convert); keeping the calls
+here keeps the warning filter in one place. The backend (eager/backend.py) is their only user in
+labquant; the mode-matrix script (scripts/) also uses the bare steps.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -31,20 +31,6 @@ def _quiet_deprecation() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
         warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated")
         yield
-
-
-def fuse(module: nn.Module, groups: Sequence[Sequence[str]], is_qat: bool) -> None:
-    """Fuse conv+bn(+relu) groups in place.
-
-    QAT needs `fuse_modules_qat` in train mode (BN stays trainable inside ConvBn*); PTQ needs
-    `fuse_modules` in eval mode (BN folded into the conv weights).
-    """
-    groups = [list(g) for g in groups]
-    with _quiet_deprecation():
-        if is_qat:
-            tq.fuse_modules_qat(module, groups, inplace=True)
-        else:
-            tq.fuse_modules(module, groups, inplace=True)
 
 
 def set_engine(backend: str) -> None:

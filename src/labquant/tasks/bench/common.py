@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from labquant.cli.checks import CONF_DIR
+from labquant.config.groups import load_group_option
+from labquant.config.instantiate import instantiate
 from labquant.data.synthetic import SyntheticDataModule
+from labquant.quant.qconfigs import QConfigSpec
 
 # The training recipe's optimizer (conf/optimizer/sgd.yaml): both sides of a comparison use it.
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -19,7 +19,15 @@ SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
 def build_model(name: str, seed: int = 0) -> nn.Module:
     """A network exactly as `model=<name>` builds it for labquant-train (conf/model/<name>.yaml)."""
     torch.manual_seed(seed)
-    return hydra.utils.instantiate(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    return instantiate(load_group_option("model", name), f"model={name}")
+
+
+def qconfig_specs(names: list[str]) -> dict[str, QConfigSpec]:
+    """`qconfigs=[x86,pot]` as the specs conf/qconfig/<name>.yaml builds."""
+    return {
+        name: instantiate(load_group_option("qconfig", name, "qconfigs"), f"qconfig={name}")
+        for name in names
+    }
 
 
 def synthetic_data(num_train: int, seed: int = 0, **kwargs: object) -> SyntheticDataModule:

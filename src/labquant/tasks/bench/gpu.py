@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from labquant.bench.common import build_model, synthetic_data
-from labquant.bench.timing import best_seconds, rate, ratio
-from labquant.bench.training import lightning_epochs
+from labquant.tasks.bench.common import build_model, synthetic_data
+from labquant.tasks.bench.timing import best_seconds, rate, ratio
+from labquant.tasks.bench.training import lightning_epochs
 
 
 def matmul_peak_tflops(device: str, size: int = 8192, repeats: int = 10) -> float:

@@ -10,38 +10,23 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from labquant.bench.augment import bench_augment
-from labquant.bench.common import synthetic_data
-from labquant.bench.gpu import bench_gpu
-from labquant.bench.inference import bench_inference
-from labquant.bench.report import check_targets, machine, markdown, parse_target
-from labquant.bench.training import bench_qat_step, bench_train_step
+from labquant.config.instantiate import instantiate
+from labquant.config.schema import validate_settings
 from labquant.errors import ConfigError
-from labquant.quant.qconfigs import QCONFIG_NAMES
 from labquant.reports.artifacts import write_json, write_text
+from labquant.tasks.bench.augment import bench_augment
+from labquant.tasks.bench.common import qconfig_specs, synthetic_data
+from labquant.tasks.bench.gpu import bench_gpu
+from labquant.tasks.bench.inference import bench_inference
+from labquant.tasks.bench.report import check_targets, machine, markdown
+from labquant.tasks.bench.training import bench_qat_step, bench_train_step
 
 log = logging.getLogger(__name__)
-SECTIONS = ("augment", "train_step", "inference", "qat_step", "sizes", "gpu")
 
 
 def effective_settings(cfg: DictConfig) -> DictConfig:
     """`quick=true` merges `quick_settings` over the full settings."""
     return OmegaConf.merge(cfg, cfg.quick_settings) if cfg.quick else cfg
-
-
-def check_bench_config(cfg: DictConfig) -> None:
-    unknown = [s for s in cfg.sections if s not in SECTIONS]
-    if unknown:
-        raise ConfigError(f"sections has unknown {unknown}; choose from {list(SECTIONS)}")
-    bad = [q for q in cfg.qconfigs if q not in QCONFIG_NAMES]
-    if bad:
-        raise ConfigError(f"qconfigs has unknown {bad}; choose from {list(QCONFIG_NAMES)}")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise ConfigError(f"threads={cfg.threads} must be an integer >= 1, or null")
-    if cfg.gpu.enabled not in ("auto", True, False):
-        raise ConfigError(f"gpu.enabled={cfg.gpu.enabled} must be auto, true or false")
-    for target in cfg.targets:
-        parse_target(target)
 
 
 def gpu_wanted(cfg: DictConfig) -> bool:
@@ -55,7 +40,8 @@ def gpu_wanted(cfg: DictConfig) -> bool:
 def run_sections(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     sections = list(cfg.sections)
-    qconfigs = list(cfg.qconfigs)
+    qconfigs = qconfig_specs(list(cfg.qconfigs))
+    backend = instantiate(cfg.backend, "backend")
     if "augment" in sections:
         log.info("augment: per-image PIL workers vs batched")
         a = cfg.augment
@@ -74,7 +60,7 @@ def run_sections(cfg: DictConfig) -> dict[str, Any]:
         log.info("inference and sizes: FP32 vs int8 on the CPU")
         i = cfg.inference
         inference, sizes = bench_inference(
-            list(i.models), qconfigs, i.repeats_b1, i.repeats_b256, i.calibration_batches
+            list(i.models), backend, qconfigs, i.repeats_b1, i.repeats_b256, i.calibration_batches
         )
         if "inference" in sections:
             results["inference"] = inference
@@ -83,7 +69,7 @@ def run_sections(cfg: DictConfig) -> dict[str, Any]:
     if "qat_step" in sections:
         log.info("qat_step: fake-quant step vs FP32 step")
         q = cfg.qat_step
-        results["qat_step"] = bench_qat_step(q.model, q.batch_size, q.steps, qconfigs)
+        results["qat_step"] = bench_qat_step(q.model, q.batch_size, q.steps, backend, qconfigs)
     if "gpu" in sections and gpu_wanted(cfg):
         log.info("gpu: default path vs the lab's plain path")
         g = cfg.gpu
@@ -102,7 +88,7 @@ def run_sections(cfg: DictConfig) -> dict[str, Any]:
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = effective_settings(cfg)
-    check_bench_config(cfg)
+    validate_settings(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     results: dict[str, Any] = {"machine": machine(), "quick": bool(cfg.quick)}

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labquant.bench.common import SGD, build_model, normalized_batch, synthetic_data
-from labquant.bench.timing import interleaved_best_seconds, rate, ratio
 from labquant.data.augment import normalize, random_pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
 from labquant.lit.module import ClassifierModule
-from labquant.quant import workflow
-from labquant.quant.qconfigs import backend_for, get_qconfig
+from labquant.quant.backend import QuantBackend
+from labquant.quant.qconfigs import QConfigSpec
+from labquant.tasks.bench.common import SGD, build_model, normalized_batch, synthetic_data
+from labquant.tasks.bench.timing import interleaved_best_seconds, rate, ratio
 
 
 def lightning_epochs(
@@ -111,16 +111,20 @@ def training_step(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Callable[[], 
     return step
 
 
-def bench_qat_step(model: str, batch_size: int, steps: int, qconfigs: list[str]) -> dict[str, Any]:
+def bench_qat_step(
+    model: str,
+    batch_size: int,
+    steps: int,
+    backend: QuantBackend,
+    qconfigs: dict[str, QConfigSpec],
+) -> dict[str, Any]:
     """Each QAT step over the FP32 step, both as labquant trains them (channels_last, fp32),
     same model and batch; `ratio` is the worst qconfig's."""
     net = build_model(model)
     batch = normalized_batch(batch_size)
     contenders = {"fp32": training_step(copy.deepcopy(net), batch)}
-    for name in qconfigs:
-        qat_net = copy.deepcopy(net).train()
-        workflow.set_engine(backend_for(name))
-        workflow.prepare_qat(qat_net, get_qconfig(name, qat=True))
+    for name, spec in qconfigs.items():
+        qat_net = backend.prepare_qat(copy.deepcopy(net).train(), spec, batch[0][:2])
         contenders[name] = training_step(qat_net, batch)
     # Two warm-up steps: allocator, oneDNN kernels, the observers' first ranges.
     seconds = interleaved_best_seconds(contenders, steps, warmup=2)

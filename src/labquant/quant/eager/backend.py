@@ -1,0 +1,112 @@
+"""`backend=eager`: QuantBackend on eager-mode torch.ao.quantization.
+
+Eager prepare works in place on modules (QuantStub, FloatFunctional, fused Conv+BN); the int8
+model ships as a traced, frozen TorchScript file, the only form that runs an eager int8 model
+without Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from labquant.quant.eager import inspect, workflow
+from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
+from labquant.quant.eager.qconfigs import eager_qconfig, engine_for
+from labquant.quant.qconfigs import QConfigSpec
+from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic
+
+INT8_TORCHSCRIPT = "model_int8.pt"
+INT8_STATE_DICT = "model_int8_state_dict.pt"
+_ENGINE_ATTR = "labquant_engine"  # on the prepared net: convert needs the engine it was made for
+
+
+@dataclass
+class EagerInt8Model:
+    """The converted eager module (inspectable) and its frozen TorchScript (what ships)."""
+
+    module: nn.Module | None
+    script: torch.jit.ScriptModule
+    engine: str
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # Weights are prepacked per engine: run them with the one they were converted for.
+        workflow.set_engine(self.engine)
+        return self.script(x)
+
+
+class EagerBackend:
+    """Eager-mode fuse / observe / convert, behind the QuantBackend interface."""
+
+    name = "eager"
+
+    def _prepare(self, net: nn.Module, qconfig: QConfigSpec, qat: bool) -> nn.Module:
+        engine = engine_for(qconfig)
+        workflow.set_engine(engine)
+        prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
+        prepared = prepare(net, eager_qconfig(qconfig, qat=qat))
+        setattr(prepared, _ENGINE_ATTR, engine)
+        return prepared
+
+    def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
+        return self._prepare(net, qconfig, qat=False)
+
+    def prepare_qat(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
+        return self._prepare(net, qconfig, qat=True)
+
+    def is_prepared(self, net: nn.Module) -> bool:
+        return workflow.is_prepared(net)
+
+    def set_observers(self, net: nn.Module, enabled: bool) -> None:
+        if enabled:
+            workflow.enable_observers(net)
+        else:
+            workflow.disable_observers(net)
+
+    def freeze_bn_stats(self, net: nn.Module) -> None:
+        workflow.freeze_bn_stats(net)
+
+    def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
+        return workflow.fake_quant_scales(net)
+
+    def convert(self, prepared: nn.Module, example: Tensor) -> EagerInt8Model:
+        engine = getattr(prepared, _ENGINE_ATTR, None) or torch.backends.quantized.engine
+        workflow.set_engine(engine)
+        module = workflow.convert_int8(prepared)
+        script = to_torchscript(module, example[:1].detach().cpu())
+        return EagerInt8Model(module=module, script=script, engine=engine)
+
+    def layer_table(
+        self, fp32_net: nn.Module, prepared: nn.Module, int8: EagerInt8Model, batch: Tensor
+    ) -> list[dict[str, Any]]:
+        if int8.module is None:
+            raise ValueError("a loaded TorchScript file has no layers to inspect")
+        return inspect.layer_table(fp32_net, prepared, int8.module, batch)
+
+    def save(self, int8: EagerInt8Model, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / INT8_TORCHSCRIPT, lambda tmp: save_torchscript(int8.script, tmp))
+        state_path = folder / INT8_STATE_DICT
+        if int8.module is not None:
+            write_atomic(state_path, lambda tmp: torch.save(int8.module.state_dict(), tmp))
+        return {
+            "size_mib": file_size_mib(state_path),
+            "int8_torchscript": INT8_TORCHSCRIPT,
+            "int8_state_dict": INT8_STATE_DICT,
+            "int8_engine": int8.engine,
+        }
+
+    def load(self, folder: Path, saved: dict[str, Any]) -> EagerInt8Model:
+        script = load_torchscript(folder / saved.get("int8_torchscript", INT8_TORCHSCRIPT))
+        engine = saved.get("int8_engine") or "x86"
+        return EagerInt8Model(module=None, script=script, engine=engine)
+
+    def artifact_sizes(self, int8: EagerInt8Model) -> dict[str, float]:
+        sizes = {"torchscript_mib": serialized_mib(int8.script, save_torchscript)}
+        if int8.module is not None:
+            sizes["int8_mib"] = serialized_mib(int8.module.state_dict())
+        return sizes

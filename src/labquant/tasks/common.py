@@ -1,0 +1,86 @@
+"""What the pipelines share: building the LightningModule and Trainer from the config (each
+through `instantiate`, so a bad setting is one line), and the run's TensorBoard hparams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from labquant.config.instantiate import instantiate
+from labquant.lit.module import ClassifierModule
+
+
+def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> ClassifierModule:
+    """The scheduler group holds a partial plus `interval` (step | epoch), which Lightning needs."""
+    scheduler = OmegaConf.to_container(cfg.get("scheduler") or {}, resolve=True)
+    interval = scheduler.pop("interval", "epoch")
+    return ClassifierModule(
+        net=net if net is not None else instantiate(cfg.model, "model"),
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        scheduler=instantiate(scheduler, "scheduler") if "_target_" in scheduler else None,
+        scheduler_interval=interval,
+        num_classes=cfg.model.num_classes,
+        channels_last=cfg.get("channels_last", False),
+    )
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    callbacks = [
+        instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c
+    ]
+    loggers = [
+        instantiate(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c
+    ]
+    return instantiate(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks + list(extra_callbacks or []),
+        logger=loggers or False,
+    )
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat `a.b.c` scalars, the shape TensorBoard's hparams tab wants."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, list):
+            flat[prefix] = str(node)
+        elif node is None or isinstance(node, bool | int | float | str):
+            flat[prefix] = "None" if node is None else node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return {k: v for k, v in flat.items() if not k.startswith(("hydra", "paths"))}
+
+
+def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(
+                flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()}
+            )
+            logger.save()
+
+
+def metrics_csv_path(trainer: pl.Trainer) -> Path | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return Path(logger.log_dir) / "metrics.csv"
+    return None
+
+
+def percent(fraction: float) -> float:
+    return round(100 * float(fraction), 4)
+
+
+def model_name(cfg: DictConfig) -> str:
+    """`resnet18`, `small_resnet`, ...: the factory's name is what users chose with model=."""
+    return str(cfg.model._target_).rsplit(".", 1)[-1]

@@ -1,0 +1,276 @@
+"""The settings schema on the real composed configs, and one-line instantiation errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel
+
+from labquant.config import schema
+from labquant.config.instantiate import instantiate
+from labquant.config.paths import CONF_DIR
+from labquant.config.resolvers import register_resolvers
+from labquant.config.schema import validate_settings
+from labquant.errors import ConfigError
+
+Compose = Callable[..., DictConfig]
+
+
+@pytest.fixture(scope="module")
+def compose_app() -> Iterator[Compose]:
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+
+        def compose_(name: str, *overrides: str, hydra_key: bool = False) -> DictConfig:
+            return compose(name, overrides=list(overrides), return_hydra_config=hydra_key)
+
+        yield compose_
+    GlobalHydra.instance().clear()
+
+
+def settings_error(cfg: DictConfig) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_settings(cfg)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("name", ["train", "quantize", "lab", "bench"])
+def test_default_configs_validate(compose_app: Compose, name: str) -> None:
+    validate_settings(compose_app(name))
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("train", ["data=synthetic", "model=small", "scheduler=step", "data.val_size=500"]),
+        ("train", ["scheduler=none", "data.eval_batch_size=null", "trainer.precision=16"]),
+        ("train", ["trainer.devices=[0,1]"]),
+        ("train", ["trainer.devices=-1", "trainer.max_epochs=1"]),
+        ("train", ["trainer.devices=auto", "optimizer.lr=1"]),
+        ("train", ["experiment=quick"]),
+        ("train", ["experiment=ablation", "ablation=row2"]),
+        ("quantize", ["quant=qat", "qconfig=x86", "ckpt_path=best.ckpt"]),
+        ("lab", ["experiment=quick", "lab.qconfigs=[x86,pot]", "lab.qat.epochs=3"]),
+        ("bench", ["quick=true", "sections=[inference]", "inference.models=[resnet18]"]),
+    ],
+)
+def test_other_valid_settings(compose_app: Compose, name: str, overrides: list[str]) -> None:
+    validate_settings(compose_app(name, *overrides))
+
+
+def test_the_hydra_key_is_ignored(compose_app: Compose) -> None:
+    validate_settings(compose_app("train", hydra_key=True))
+
+
+ERRORS = [
+    # a number out of range
+    ("train", ["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be > 0; e.g. optimizer.lr=0.1"),
+    (
+        "train",
+        ["optimizer.momentum=1"],
+        "optimizer.momentum=1 must be < 1; e.g. optimizer.momentum=0.9",
+    ),
+    ("train", ["seed=-1"], "seed=-1 must be >= 0; e.g. seed=42"),
+    ("lab", ["lab.qat.lr=0"], "lab.qat.lr=0 must be > 0; e.g. lab.qat.lr=0.001"),
+    (
+        "quantize",
+        ["qconfig.max_shift_amount=40"],
+        "qconfig.max_shift_amount=40 must be an integer in 0..31 (the shift of a power-of-two "
+        "scale 2**-n); e.g. qconfig.max_shift_amount=8",
+    ),
+    # a wrong type: a string, a bool or a float where an integer is wanted, a string for a number
+    (
+        "train",
+        ["data.batch_size=abc"],
+        "data.batch_size=abc is not an integer; e.g. data.batch_size=128",
+    ),
+    (
+        "train",
+        ["data.batch_size=true"],
+        "data.batch_size=true is not an integer; e.g. data.batch_size=128",
+    ),
+    (
+        "train",
+        ["data.batch_size=2.5"],
+        "data.batch_size=2.5 is not an integer; e.g. data.batch_size=128",
+    ),
+    (
+        "quantize",
+        ["qconfig.max_shift_amount=2.5"],
+        "qconfig.max_shift_amount=2.5 must be an integer in 0..31 (the shift of a power-of-two "
+        "scale 2**-n); e.g. qconfig.max_shift_amount=8",
+    ),
+    ("train", ["optimizer.lr=abc"], "optimizer.lr=abc is not a number; e.g. optimizer.lr=0.1"),
+    ("train", ["optimizer.lr='0.1'"], "optimizer.lr='0.1' is not a number; e.g. optimizer.lr=0.1"),
+    (
+        "train",
+        ["data.pin_memory=1"],
+        "data.pin_memory=1 is not true or false; e.g. data.pin_memory=null",
+    ),
+    # a choice, a union, a list
+    (
+        "train",
+        ["data.augment=gpu"],
+        "data.augment=gpu must be device or workers; e.g. data.augment=device",
+    ),
+    (
+        "train",
+        ["data.val_size=1.5"],
+        "data.val_size=1.5 must be a count >= 1 or a fraction in (0, 1); e.g. data.val_size=0.1",
+    ),
+    (
+        "train",
+        ["model=small", "model.layers=[2,0]"],
+        "model.layers=[2,0] must be a non-empty list of integers >= 1; e.g. model.layers=[2,2,2]",
+    ),
+    (
+        "lab",
+        ["lab.qconfigs=[]"],
+        "lab.qconfigs=[] needs at least one item; e.g. lab.qconfigs=[pot]",
+    ),
+    (
+        "lab",
+        ["lab.qconfigs=[pot,pott]"],
+        "lab.qconfigs=[pot,pott] item pott is not one of fbgemm, pot, qnnpack, x86; "
+        "e.g. lab.qconfigs=[pot]",
+    ),
+    # across fields, and an interpolated value blamed on the setting it copies
+    (
+        "train",
+        ["scheduler.warmup_epochs=50"],
+        "scheduler.warmup_epochs=50 must be >= 0 and < trainer.max_epochs (40); "
+        "lower scheduler.warmup_epochs or raise trainer.max_epochs",
+    ),
+    (
+        "quantize",
+        ["quant=qat", "quant.warmup_epochs=7"],
+        "quant.warmup_epochs=7 must be < quant.epochs (6); "
+        "lower quant.warmup_epochs or raise quant.epochs",
+    ),
+    (
+        "train",
+        ["trainer.max_epochs=abc"],
+        "trainer.max_epochs=abc is not an integer; e.g. trainer.max_epochs=40",
+    ),
+    # missing
+    ("train", ["~optimizer"], "optimizer is missing; e.g. optimizer=sgd"),
+    (
+        "quantize",
+        ["ckpt_path=???"],
+        "ckpt_path is missing; e.g. ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt",
+    ),
+    # bench
+    ("bench", ["threads=0"], "threads=0 must be >= 1; e.g. threads=2"),
+    ("bench", ["sections=[]"], "sections=[] needs at least one item; e.g. sections=[inference]"),
+    (
+        "bench",
+        ["sections=[gpux]"],
+        "sections=[gpux] item gpux must be augment, train_step, inference, qat_step, sizes or "
+        "gpu; e.g. sections=[inference]",
+    ),
+    (
+        "bench",
+        ["gpu.enabled=maybe"],
+        "gpu.enabled=maybe must be auto, true or false; e.g. gpu.enabled=auto",
+    ),
+    (
+        "bench",
+        ["quick_settings.train_step.epochs=1"],
+        "quick_settings.train_step.epochs=1 must be >= 2; e.g. quick_settings.train_step.epochs=3",
+    ),
+    (
+        "bench",
+        ["targets=[fast]"],
+        "targets=[fast] must be a list of '<bench.json key> >= | <= <number>'; "
+        "e.g. targets=[qat_step.ratio <= 1.6]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), ERRORS)
+def test_wrong_settings_give_one_line(
+    compose_app: Compose, name: str, overrides: list[str], expected: str
+) -> None:
+    assert settings_error(compose_app(name, *overrides)) == expected
+
+
+def test_an_interpolation_that_fails_is_one_line(
+    compose_app: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LABQUANT_SCHEMA_TEST_UNSET", raising=False)
+    cfg = compose_app("train", "data.root=${oc.env:LABQUANT_SCHEMA_TEST_UNSET}")
+    assert settings_error(cfg).startswith(
+        "data.root=${oc.env:LABQUANT_SCHEMA_TEST_UNSET} cannot be resolved ("
+    )
+
+
+def _fields(model: type[BaseModel], seen: set[type]) -> Iterator[tuple[str, object]]:
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        yield f"{model.__name__}.{name}", field.json_schema_extra
+        types = (field.annotation, *getattr(field.annotation, "__args__", ()))
+        for t in types:
+            if isinstance(t, type) and issubclass(t, BaseModel) and t not in seen:
+                yield from _fields(t, seen)
+
+
+def test_every_setting_has_an_example() -> None:
+    seen: set[type] = set()
+    roots = [
+        schema.TrainSettings,
+        schema.QuantizeSettings,
+        schema.LabSettings,
+        schema.BenchSettings,
+    ]
+    for root in roots:
+        for name, extra in _fields(root, seen):
+            assert isinstance(extra, dict) and "example" in extra, name
+
+
+# Targets for instantiate(): hydra.utils.instantiate wraps what they raise.
+def build(depth: int = 1) -> dict[str, int]:
+    return {"depth": depth}
+
+
+def build_with_config_error(depth: int = 1) -> None:
+    raise ConfigError(f"model.depth={depth} must be >= 2; e.g. model.depth=18")
+
+
+def test_instantiate_returns_the_object() -> None:
+    node = OmegaConf.create({"_target_": f"{__name__}.build", "depth": 3})
+    assert instantiate(node, "model") == {"depth": 3}
+
+
+def test_instantiate_passes_a_user_error_through_unchanged() -> None:
+    node = OmegaConf.create({"_target_": f"{__name__}.build_with_config_error", "depth": 1})
+    with pytest.raises(ConfigError) as caught:
+        instantiate(node, "model")
+    assert str(caught.value) == "model.depth=1 must be >= 2; e.g. model.depth=18"
+    assert caught.value.__cause__ is None  # the target's own error, not a wrapper
+
+
+def test_instantiate_turns_other_errors_into_one_line() -> None:
+    node = OmegaConf.create({"_target_": f"{__name__}.build", "width": 3})
+    with pytest.raises(ConfigError) as caught:
+        instantiate(node, "model")
+    assert str(caught.value) == (
+        f"model={__name__}.build: build() got an unexpected keyword argument 'width'; "
+        "check the model.* settings"
+    )
+
+
+def test_instantiate_names_a_target_that_cannot_be_imported() -> None:
+    node = OmegaConf.create({"_target_": "labquant_no_such_module.build"})
+    with pytest.raises(ConfigError) as caught:
+        instantiate(node, "backend")
+    assert str(caught.value) == (
+        "backend=labquant_no_such_module.build: cannot import it (No module named "
+        "'labquant_no_such_module'); check the backend.* settings"
+    )
