@@ -84,6 +84,30 @@ def tiny_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]
     return results, out
 
 
+# The tiny lab (FP32 -> PTQ pot -> QAT pot), shared by the lab, report and TensorBoard tests.
+TINY_LAB = [
+    *TINY,
+    "trainer.max_epochs=2",
+    "scheduler.warmup_epochs=1",
+    "lab.qat.epochs=1",
+    "lab.qat.freeze_bn_epoch=0",
+    "lab.qat.freeze_observer_epoch=1",
+    "lab.ptq.calibration_batches=4",
+    "lab.ptq.measure_latency=true",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny lab folder; tests that change it work on a copy."""
+    from labquant.tasks.lab import run_lab
+
+    out = tmp_path_factory.mktemp("lab") / "lab"
+    run_lab(compose_config("lab", TINY_LAB, out))
+    GlobalHydra.instance().clear()
+    return out
+
+
 # Four stages of width 20..160: about the smallest of these ResNets whose int8 file is <= 0.27
 # of FP32 for x86 too (fixed per-layer overhead, per-channel scales, dominates smaller ones).
 QUANT_MODEL = [*TINY, "model.layers=[1,1,1,1]", "model.base_width=20"]

@@ -8,25 +8,14 @@ from pathlib import Path
 import pytest
 
 from labquant.tasks.lab import run_lab
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY_LAB, compose_config
 
-LAB = [
-    *TINY,
-    "trainer.max_epochs=2",
-    "scheduler.warmup_epochs=1",
-    "lab.qat.epochs=1",
-    "lab.qat.freeze_bn_epoch=0",
-    "lab.qat.freeze_observer_epoch=1",
-    "lab.ptq.calibration_batches=4",
-    "lab.ptq.measure_latency=true",
-]
+LAB = TINY_LAB
 
 
 @pytest.fixture(scope="module")
-def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("lab") / "lab"
-    run_lab(compose_config("lab", LAB, out))
-    return out
+def lab_dir(tiny_lab: Path) -> Path:
+    return tiny_lab
 
 
 def test_report_rows_follow_the_stages(lab_dir: Path) -> None:

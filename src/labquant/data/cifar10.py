@@ -128,6 +128,20 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5)
 class CIFAR10DataModule(TensorImageDataModule):
     """CIFAR-10 from `<root>/cifar-10-batches-py`, downloaded there if `download` is set."""
 
+    # Label order of the batch files (batches.meta); the report's per-class table names them.
+    class_names = (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    )
+
     def __init__(
         self,
         root: str,

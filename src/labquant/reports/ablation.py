@@ -15,8 +15,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from labquant.config.resolvers import register_resolvers
@@ -50,7 +52,7 @@ def describe_scheduler(cfg: DictConfig) -> str:
     return target.rsplit(".", 1)[-1]
 
 
-def _job_dirs(sweep_dir: Path) -> list[Path]:
+def job_dirs(sweep_dir: Path) -> list[Path]:
     dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra/config.yaml").is_file()]
     return sorted(dirs, key=lambda p: (len(p.name), p.name))
 
@@ -121,7 +123,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Left: validation accuracy per epoch of every job; right: each row's best and final
+    validation accuracy as bars, in the table's order."""
+    fig, (ax, ax_bars) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     for row in rows:
         metrics = sweep_dir / row["job"] / "metrics.csv"
         points = read_epoch_metrics(metrics).get("val/acc", []) if metrics.is_file() else []
@@ -133,11 +137,30 @@ def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> N
             )
             ax.plot([e + 1 for e in epochs], [100 * v for v in values], "-o", ms=3, label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Ablation: validation accuracy")
+    ax.set_title("Ablation: validation accuracy per epoch")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)
+    x = np.arange(len(rows))
+    best = [
+        row["best val acc (%)"] if row["best val acc (%)"] is not None else np.nan for row in rows
+    ]
+    final = [
+        row["final val acc (%)"] if row["final val acc (%)"] is not None else np.nan for row in rows
+    ]
+    ax_bars.bar(x - 0.2, best, 0.4, label="best val acc")
+    ax_bars.bar(x + 0.2, final, 0.4, label="final val acc")
+    for i in np.flatnonzero(np.isnan(best) & np.isnan(final)):
+        ax_bars.annotate("no result", (i, 0), ha="center", va="bottom", rotation=90, fontsize=8)
+    ax_bars.set_xticks(x)
+    ax_bars.set_xticklabels([f"#{row['#']}" for row in rows])
+    ax_bars.set_xlabel("ablation row (table order)")
+    ax_bars.set_ylabel("validation accuracy (%)")
+    ax_bars.set_title("Best and final validation accuracy")
+    ax_bars.grid(axis="y", alpha=0.3)
+    ax_bars.legend(fontsize=8)
     fig.tight_layout()
     write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -146,7 +169,7 @@ def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> N
 def write_ablation(sweep_dir: Path) -> list[dict[str, Any]]:
     """ablation.md, ablation.csv and ablation_curves.png in the sweep folder."""
     sweep_dir = Path(sweep_dir)
-    rows = [job_row(job_dir) for job_dir in _job_dirs(sweep_dir)]
+    rows = [job_row(job_dir) for job_dir in job_dirs(sweep_dir)]
     write_text(sweep_dir / "ablation.md", markdown(rows))
     write_csv(sweep_dir / "ablation.csv", rows)
     plot_curves(sweep_dir, rows, sweep_dir / "ablation_curves.png")

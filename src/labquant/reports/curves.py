@@ -10,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers, in CI and in sweep workers
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from labquant.reports.artifacts import write_atomic
 
@@ -31,12 +33,11 @@ def read_epoch_metrics(metrics_csv: Path) -> Series:
     return dict(series)
 
 
-def plot_loss_accuracy(metrics_csv: Path, out_png: Path, title: str = "") -> Path:
+def loss_accuracy_figure(series: Series, title: str = "") -> Figure:
     """Two panels as in the lab report: train/val loss and train/val accuracy per epoch."""
-    series = read_epoch_metrics(metrics_csv)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, ylabel, scale in (
-        (ax_loss, "loss", "loss", 1.0),
+        (ax_loss, "loss", "cross-entropy loss", 1.0),
         (ax_acc, "acc", "accuracy (%)", 100.0),
     ):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -47,14 +48,22 @@ def plot_loss_accuracy(metrics_csv: Path, out_png: Path, title: str = "") -> Pat
                     [e + 1 for e in epochs], [v * scale for v in values], style, ms=3, label=split
                 )
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss_accuracy(metrics_csv: Path, out_png: Path, title: str = "") -> Path:
+    """loss_accuracy.png of a run from its metrics.csv."""
+    fig = loss_accuracy_figure(read_epoch_metrics(metrics_csv), title)
     write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out_png

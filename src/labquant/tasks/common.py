@@ -1,5 +1,5 @@
 """What the pipelines share: building the LightningModule and Trainer from the config (each
-through `instantiate`, so a bad setting is one line), and the run's TensorBoard hparams."""
+through `instantiate`, so a bad setting is one line), and the run's hparams (tasks/board.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from labquant.config.instantiate import instantiate
@@ -59,15 +59,6 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return {k: v for k, v in flat.items() if not k.startswith(("hydra", "paths"))}
-
-
-def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(
-                flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()}
-            )
-            logger.save()
 
 
 def metrics_csv_path(trainer: pl.Trainer) -> Path | None:

@@ -26,20 +26,35 @@ def _prepare_input(x: Tensor, device: torch.device | str) -> Tensor:
     return normalize(x) if x.dtype == torch.uint8 else x
 
 
-@torch.inference_mode()
 def evaluate(
     net: Model, batches: Iterable[tuple[Tensor, Tensor]], device: str = "cpu"
 ) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy of `net` on uint8 or normalised batches."""
+    acc, loss, _ = evaluate_confusion(net, batches, device)
+    return acc, loss
+
+
+@torch.inference_mode()
+def evaluate_confusion(
+    net: Model, batches: Iterable[tuple[Tensor, Tensor]], device: str = "cpu"
+) -> tuple[float, float, list[list[int]]]:
+    """`evaluate` plus the confusion matrix: row = true class, column = predicted class."""
     _eval_mode(net)
-    correct, total, loss_sum = 0, 0, 0.0
+    loss_sum, classes = 0.0, 0
+    counts: Tensor | None = None
     for x, y in batches:
         logits = net(_prepare_input(x, device))
         y = y.to(device)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == y).sum())
-        total += len(y)
-    return 100.0 * correct / max(1, total), loss_sum / max(1, total)
+        classes = logits.shape[1]
+        pairs = torch.bincount(y * classes + logits.argmax(dim=1), minlength=classes**2).cpu()
+        counts = pairs if counts is None else counts + pairs
+    if counts is None:
+        return 0.0, 0.0, []
+    confusion = counts.reshape(classes, classes)
+    total = int(confusion.sum())
+    acc = 100.0 * int(confusion.trace()) / max(1, total)
+    return acc, loss_sum / max(1, total), confusion.tolist()
 
 
 @torch.inference_mode()

@@ -1,0 +1,142 @@
+"""`labquant-report <folder>`: rebuild a lab's report (or an ablation sweep's table) and every
+figure from the results already in the folder; nothing is trained or quantized.
+
+The lab itself renders through `lab_rows` / `lab_notes` too, so a rebuild of an unchanged lab
+writes report.md byte for byte as the lab did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labquant.errors import UserError
+from labquant.reports.ablation import job_dirs, write_ablation
+from labquant.reports.artifacts import read_json
+from labquant.reports.curves import plot_loss_accuracy
+from labquant.reports.table import stage_row, write_lab_report
+
+FIX = "pass a labquant-lab folder (its fp32/, ptq_*/, qat_*/ hold results.json) or a sweep folder"
+
+
+def lab_rows(stage_results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """report.json rows: FP32 first (its CPU latency measured in the first int8 stage)."""
+    first_quant = next((r for key, r in stage_results.items() if key != "fp32"), {})
+    rows = []
+    if "fp32" in stage_results:
+        fp32_latency = first_quant.get("fp32_latency")
+        rows.append(stage_row(stage_results["fp32"], "fp32", fp32_latency=fp32_latency))
+    rows += [stage_row(results, key) for key, results in stage_results.items() if key != "fp32"]
+    return rows
+
+
+def lab_notes(stage_results: dict[str, dict[str, Any]]) -> list[str]:
+    """Notes from the stages' files only (no clock of the rebuild), so report.md is stable."""
+    notes = []
+    first_quant_dir = next((key for key in stage_results if key != "fp32"), None)
+    if first_quant_dir is not None:
+        notes.append(
+            f"FP32 CPU figures measured in {first_quant_dir}/, side by side "
+            "with its int8 model; latency is the median of repeated forward passes."
+        )
+    times = [
+        f"{key} {results['wall_time_s']:.0f}"
+        for key, results in stage_results.items()
+        if results.get("wall_time_s") is not None
+    ]
+    if times:
+        notes.append(f"Wall time per stage (s, from its results.json): {', '.join(times)}.")
+    exported = [(key, r["export"]) for key, r in stage_results.items() if r.get("export")]
+    notes += [bitexact_note(key, export) for key, export in exported]
+    return notes
+
+
+def with_export(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """A stage's results plus its labquant-export results (<stage>/export/), when it ran."""
+    exported = _complete(stage_dir / "export" / "results.json")
+    return {**results, "export": exported} if exported else results
+
+
+def bitexact_note(stage: str, results: dict[str, Any]) -> str:
+    """One line of the lab report: the integer reference against torch's int8 model."""
+    isa = results.get("isa") or {}
+    cpu = f"{isa.get('torch_capability')}, VNNI: {', '.join(isa.get('vnni') or []) or 'no'}"
+    return (
+        f"{stage}/export: integer-only reference (hardware semantics, {results['rounding']}) "
+        f"test acc {results['hw_test_acc']} % vs torch int8 {results['torch_test_acc']} %; "
+        f"identical logits codes on {results['identical_images']} of {results['images']} images "
+        f"({results['identical_images_without_saturation']} of "
+        f"{results['images_without_saturation']} with no int16 pair saturation), top-1 "
+        f"agreement {results['top1_agreement']} %, {results['saturated_outputs']} torch outputs "
+        f"hit by u8 x s8 pair saturation on this CPU ({cpu}); shifts "
+        f"{results['shifts']['min_shift']}..{results['shifts']['max_shift']}"
+    )
+
+
+def _complete(path: Path) -> dict[str, Any] | None:
+    try:
+        results = read_json(path) if path.is_file() else None
+    except ValueError:
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "complete" else None
+
+
+def _stage_order(stage_dir: Path, results: dict[str, Any]) -> tuple:
+    return (results.get("stage") != "fp32", str(results.get("qconfig")), stage_dir.name)
+
+
+def _is_lab_stage(name: str, results: dict[str, Any]) -> bool:
+    """labquant-lab's stage folders: fp32/ and <mode>_<qconfig>/ (a sweep's jobs are 0/, 1/...)."""
+    stage = results.get("stage")
+    return "test_acc" in results and (name == stage == "fp32" or name.startswith(f"{stage}_"))
+
+
+def lab_stage_results(lab_dir: Path) -> dict[str, dict[str, Any]]:
+    """The complete stages of a lab folder: in report.json's order where it names them, the
+    others after it (FP32 first, then by qconfig, PTQ before QAT)."""
+    found = {
+        path.parent.name: results
+        for path in sorted(lab_dir.glob("*/results.json"))
+        if (results := _complete(path)) is not None and _is_lab_stage(path.parent.name, results)
+    }
+    order: list[str] = []
+    report = lab_dir / "report.json"
+    if report.is_file():
+        order = [row["dir"] for row in read_json(report).get("rows", []) if row["dir"] in found]
+    rest = sorted(set(found) - set(order), key=lambda key: _stage_order(lab_dir / key, found[key]))
+    return {key: with_export(lab_dir / key, found[key]) for key in [*order, *rest]}
+
+
+def rebuild_stage_curves(lab_dir: Path, stage_results: dict[str, dict[str, Any]]) -> None:
+    """Each trained stage's loss_accuracy.png from its metrics.csv, titled as the stage does."""
+    for key, results in stage_results.items():
+        metrics = lab_dir / key / "metrics.csv"
+        if not metrics.is_file() or results.get("stage") == "ptq":
+            continue
+        model = results.get("model", "")
+        qat = f"{model} QAT ({results.get('qconfig')})"
+        title = f"{model} FP32" if results["stage"] == "fp32" else qat
+        plot_loss_accuracy(metrics, lab_dir / key / "loss_accuracy.png", title=title)
+
+
+def write_lab(lab_dir: Path, stage_results: dict[str, dict[str, Any]]) -> str:
+    return write_lab_report(
+        lab_dir, lab_rows(stage_results), stage_results, lab_notes(stage_results)
+    )
+
+
+def rebuild_report(folder: Path | str) -> Path:
+    """Rebuild the report of a lab folder or of an ablation sweep folder; return the report."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"folder={folder} is not a folder; {FIX}")
+    stage_results = lab_stage_results(folder)
+    if stage_results:
+        rebuild_stage_curves(folder, stage_results)
+        write_lab(folder, stage_results)
+        return folder / "report.md"
+    jobs = job_dirs(folder)
+    if any(_complete(job / "results.json") is not None for job in jobs):
+        write_ablation(folder)
+        return folder / "ablation.md"
+    raise UserError(f"folder={folder} holds no complete results.json; {FIX}")

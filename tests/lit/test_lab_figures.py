@@ -1,0 +1,115 @@
+"""What the tiny lab shows: its PNGs, each stage's TensorBoard run (figures, histograms, one
+HPARAMS row), the per-class table, and `labquant-report` rebuilding report.md byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from labquant.cli.report import main as report_main
+from labquant.reports.lab_figures import per_class_table
+
+NUM_TEST = 400  # TINY's data.num_test
+DPI = 110
+
+
+def pixels(png: Path) -> np.ndarray:
+    return np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height"),
+    [
+        ("accuracy_size.png", 825, 550),
+        ("per_class.png", 1210, 825),  # 10 classes: (0.8 * 10 + 3) x 7.5 in
+        ("sqnr_layers.png", None, 528),  # width grows with the layer count
+        ("fp32/loss_accuracy.png", 1210, 440),
+        ("qat_pot/loss_accuracy.png", 1210, 440),
+    ],
+)
+def test_lab_png_has_its_size_and_is_not_blank(
+    tiny_lab: Path, name: str, width: int | None, height: int
+) -> None:
+    image = pixels(tiny_lab / name)
+    assert image.shape[0] == height
+    assert image.shape[1] == width if width else 7 * DPI <= image.shape[1] <= 16 * DPI
+    assert image.std() > 20  # a white canvas has 0; text, axes and bars lift it well above
+    assert f"]({name})" in (tiny_lab / "report.md").read_text()  # embedded, relative
+
+
+def read_run(stage_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(stage_dir / "tensorboard"), size_guidance={"images": 1})
+    events.Reload()
+    return events
+
+
+def stage_hparams(events: EventAccumulator) -> dict[str, object]:
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    values = data.session_start_info.hparams
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("stage", "figures"),
+    [
+        ("fp32", {"loss_accuracy"}),
+        ("ptq_pot", {"sqnr_layers"}),
+        ("qat_pot", {"loss_accuracy", "sqnr_layers", "qat_scales"}),
+    ],
+)
+def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
+    tiny_lab: Path, stage: str, figures: set[str]
+) -> None:
+    events = read_run(tiny_lab / stage)
+    tags = events.Tags()
+    assert {f"figures/{name}" for name in figures} == {
+        t for t in tags["images"] if t.startswith("figures/")
+    }
+    assert any(t.startswith("weights/") for t in tags["histograms"])
+    assert {"hparams/test_acc", "hparams/acc_drop", "hparams/size_mib"} <= set(tags["scalars"])
+    hparams = stage_hparams(events)
+    results = json.loads((tiny_lab / stage / "results.json").read_text())
+    assert hparams["stage"] == results["stage"]
+    if stage != "fp32":
+        assert hparams["backend"] == "eager" and hparams["qconfig"] == "pot"
+        assert hparams["max_shift_amount"] == results["max_shift_amount"]
+
+
+def test_per_class_counts_sum_to_the_test_set(tiny_lab: Path) -> None:
+    report = json.loads((tiny_lab / "report.json").read_text())
+    stages = {
+        row["dir"]: json.loads((tiny_lab / row["dir"] / "results.json").read_text())
+        for row in report["rows"]
+    }
+    table = per_class_table(report["rows"], stages)
+    assert sum(table["counts"]) == NUM_TEST
+    assert [m["label"] for m in table["models"]] == ["PTQ pot/eager", "QAT pot/eager"]
+    for model, key in zip(table["models"], ["ptq_pot", "qat_pot"], strict=True):
+        confusion = np.asarray(stages[key]["confusion"]["int8"])
+        assert confusion.sum() == NUM_TEST
+        assert 100 * np.trace(confusion) / NUM_TEST == pytest.approx(stages[key]["test_acc"])
+        weighted = np.dot(table["counts"], model["drop"]) / NUM_TEST
+        assert weighted == pytest.approx(stages[key]["acc_drop"], abs=1e-3)
+    assert "| class | test images | FP32 (%) |" in (tiny_lab / "report.md").read_text()
+
+
+def test_labquant_report_rebuilds_the_lab_byte_for_byte(tiny_lab: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "lab"
+    shutil.copytree(tiny_lab, copy)
+    expected = (copy / "report.md").read_bytes()
+    for name in ("report.md", "report.json", "accuracy_size.png", "per_class.png"):
+        (copy / name).unlink()
+    (copy / "qat_pot/loss_accuracy.png").unlink()
+    report_main([str(copy)])
+    assert (copy / "report.md").read_bytes() == expected
+    assert (copy / "report.json").read_bytes() == (tiny_lab / "report.json").read_bytes()
+    for name in ("accuracy_size.png", "per_class.png", "qat_pot/loss_accuracy.png"):
+        assert (copy / name).is_file()
