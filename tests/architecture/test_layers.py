@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "checkpoints": 0,
     "config": 0,
     "reports": 0,
+    "hw": 0,  # the integer-only reference: numpy, imports nothing above errors
     "models": 1,
     "data": 1,
     "quant": 1,

@@ -42,6 +42,9 @@ class QuantizableBasicBlock(nn.Module):
     """Two 3x3 convs; residual add+ReLU goes through `skip_add` so it can be quantized."""
 
     expansion = 1
+    # FloatFunctionals whose result always goes through ReLU (add_relu): an unsigned post-ReLU
+    # activation qconfig applies to them as it does to fused conv-bn-relu outputs.
+    relu_outputs = ("skip_add",)
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
@@ -72,6 +75,7 @@ class QuantizableBottleneck(nn.Module):
     """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 expanding by 4; add+ReLU via `skip_add`."""
 
     expansion = 4
+    relu_outputs = ("skip_add",)  # see QuantizableBasicBlock
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None

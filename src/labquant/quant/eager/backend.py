@@ -14,15 +14,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.quant.eager import inspect, workflow
+from labquant.errors import ConfigError
+from labquant.quant.eager import inspect, integer, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
-from labquant.quant.eager.qconfigs import eager_qconfig, engine_for
+from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic
 
 INT8_TORCHSCRIPT = "model_int8.pt"
 INT8_STATE_DICT = "model_int8_state_dict.pt"
 _ENGINE_ATTR = "labquant_engine"  # on the prepared net: convert needs the engine it was made for
+_SNAP_ATTR = "labquant_snap_bias"  # on the prepared net: convert snaps biases (qconfig.snap_bias)
 
 
 @dataclass
@@ -48,8 +50,10 @@ class EagerBackend:
         engine = engine_for(qconfig)
         workflow.set_engine(engine)
         prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
-        prepared = prepare(net, eager_qconfig(qconfig, qat=qat))
+        relu = relu_output_qconfig(qconfig, qat=qat)
+        prepared = prepare(net, eager_qconfig(qconfig, qat=qat), relu)
         setattr(prepared, _ENGINE_ATTR, engine)
+        setattr(prepared, _SNAP_ATTR, qconfig.power_of_two and qconfig.snap_bias)
         return prepared
 
     def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
@@ -77,6 +81,8 @@ class EagerBackend:
         engine = getattr(prepared, _ENGINE_ATTR, None) or torch.backends.quantized.engine
         workflow.set_engine(engine)
         module = workflow.convert_int8(prepared)
+        if getattr(prepared, _SNAP_ATTR, False):
+            integer.snap_biases(module, example.detach().cpu())
         script = to_torchscript(module, example[:1].detach().cpu())
         return EagerInt8Model(module=module, script=script, engine=engine)
 
@@ -104,6 +110,39 @@ class EagerBackend:
         script = load_torchscript(folder / saved.get("int8_torchscript", INT8_TORCHSCRIPT))
         engine = saved.get("int8_engine") or "x86"
         return EagerInt8Model(module=None, script=script, engine=engine)
+
+    def integer_export(
+        self,
+        net: nn.Module,
+        qconfig: QConfigSpec,
+        folder: Path,
+        saved: dict[str, Any],
+        image_hw: tuple[int, int],
+    ) -> integer.IntegerExport:
+        """The saved int8 model of a stage folder as an integer program (hw/program.py).
+
+        `net` is the stage's FP32 architecture, unprepared: it is fused and converted the same
+        way (the module structure is the same after PTQ and QAT), then the saved int8 state dict
+        (weights_only=True) gives it the stage's weights, biases and scales.
+        """
+        if not qconfig.power_of_two:
+            raise ConfigError(
+                f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
+                f"a multiplier, not a shift; {integer.FIX}"
+            )
+        engine = saved.get("int8_engine") or engine_for(qconfig)
+        workflow.set_engine(engine)
+        prepared = workflow.prepare_ptq(net, eager_qconfig(qconfig, qat=False))
+        module = workflow.convert_int8(prepared)
+        state = torch.load(
+            folder / saved.get("int8_state_dict", INT8_STATE_DICT), weights_only=True
+        )
+        module.load_state_dict(state)
+        clamp = {
+            row["name"]: row.get("clamp") for row in saved.get("layers") or [] if "name" in row
+        }
+        program = integer.integer_program(module, image_hw, clamp)
+        return integer.IntegerExport(module.eval(), program, engine)
 
     def artifact_sizes(self, int8: EagerInt8Model) -> dict[str, float]:
         sizes = {"torchscript_mib": serialized_mib(int8.script, save_torchscript)}

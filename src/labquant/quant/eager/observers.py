@@ -79,9 +79,18 @@ class CusQuantObserver(MinMaxObserver):
         quant_min: int | None = None,
         quant_max: int | None = None,
         max_shift_amount: int = 8,
+        unsigned: bool = False,
         **kwargs: Any,
     ) -> None:
-        if qscheme != torch.per_tensor_symmetric:
+        # unsigned: a post-ReLU activation, quint8 0..255 with zero point 0 (per_tensor_affine
+        # in torch's terms, though its only zero point is 0).
+        unsigned = bool(unsigned)
+        if unsigned and (dtype != torch.quint8 or qscheme != torch.per_tensor_affine):
+            raise ConfigError(
+                "qconfig.activations=unsigned needs quint8 with torch.per_tensor_affine, got "
+                f"dtype={dtype} qscheme={qscheme}; use the pot_unsigned qconfig"
+            )
+        if qscheme != torch.per_tensor_symmetric and not unsigned:
             raise ConfigError(
                 f"qconfig=pot is symmetric per-tensor only; got qscheme={qscheme}, "
                 "use torch.per_tensor_symmetric"
@@ -97,6 +106,7 @@ class CusQuantObserver(MinMaxObserver):
             **kwargs,
         )
         self.max_shift_amount = check_max_shift_amount(max_shift_amount)
+        self.unsigned = unsigned
         self.register_buffer("clamp_overflow", torch.tensor(False))
         self.register_buffer("clamp_underflow", torch.tensor(False))
 
@@ -121,6 +131,7 @@ class CusQuantObserver(MinMaxObserver):
         FakeQuantize always does, but 128 otherwise; PTQ and QAT would then disagree by one.
         """
         zp = (self.quant_min + self.quant_max + 1) // 2 if self.dtype == torch.quint8 else 0
+        zp = 0 if self.unsigned else zp
         return torch.tensor([zp], dtype=torch.int64, device=self.min_val.device)
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -132,8 +143,11 @@ class CusQuantObserver(MinMaxObserver):
         zero_point = self._symmetric_zero_point()
         observed = self.min_val <= self.max_val  # False before any data (min=inf, max=-inf)
         max_abs = torch.max(-self.min_val.clamp(max=0.0), self.max_val.clamp(min=0.0))
-        # torch's symmetric formula: max|x| over half the integer range, at least eps.
+        # torch's symmetric formula: max|x| over half the integer range, at least eps;
+        # unsigned: max(x, 0) over the whole range (negative values clamp to code 0).
         half_range = (self.quant_max - self.quant_min) / 2
+        if self.unsigned:
+            max_abs, half_range = self.max_val.clamp(min=0.0), self.quant_max - self.quant_min
         raw_scale = torch.max(max_abs / half_range, self.eps.reshape(()))
         shift = _shift_amount(raw_scale)
         counts = observed & (max_abs > 0)  # an all-zero tensor loses no precision

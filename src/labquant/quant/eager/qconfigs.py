@@ -38,6 +38,31 @@ def pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
     )
 
 
+def unsigned_relu_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
+    """pot, but the activation (the module's output) is unsigned: quint8 0..255, zero point 0,
+    scale 2**-n. Only for modules whose output follows a ReLU (see workflow.set_relu_qconfig)."""
+    base = pot_qconfig(qat, max_shift_amount)
+    act = {
+        "dtype": torch.quint8,
+        "qscheme": torch.per_tensor_affine,
+        "max_shift_amount": max_shift_amount,
+        "unsigned": True,
+    }
+    if not qat:
+        return QConfig(activation=CusQuantObserver.with_args(**act), weight=base.weight)
+    activation = PotFakeQuantize.with_args(
+        observer=CusQuantObserver, quant_min=0, quant_max=255, **act
+    )
+    return QConfig(activation=activation, weight=base.weight)
+
+
+def relu_output_qconfig(spec: QConfigSpec, qat: bool) -> QConfig | None:
+    """The qconfig of post-ReLU outputs when it differs from `eager_qconfig`, else None."""
+    if spec.power_of_two and spec.activations == "unsigned":
+        return unsigned_relu_qconfig(qat, check_max_shift_amount(spec.max_shift_amount))
+    return None
+
+
 def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
     """The torch.ao QConfig for `spec`: power-of-two observers, or the engine's defaults."""
     if spec.power_of_two:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.ao.nn.intrinsic as nni
 import torch.ao.nn.intrinsic.qat as nniqat
 import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
@@ -38,17 +39,51 @@ def set_engine(backend: str) -> None:
     torch.backends.quantized.engine = backend
 
 
-def prepare_ptq(model: nn.Module, qconfig: QConfig) -> nn.Module:
+_RELU_FUSED = (
+    nni.ConvReLU2d,
+    nni.ConvBnReLU2d,
+    nni.LinearReLU,
+    nniqat.ConvBnReLU2d,
+    nniqat.ConvReLU2d,
+)
+
+
+def set_relu_qconfig(model: nn.Module, qconfig: QConfig | None) -> int:
+    """Give every module whose output follows a ReLU its own qconfig (fused conv(-bn)-relu,
+    and the FloatFunctionals a block lists in `relu_outputs`: add_relu); returns how many.
+
+    prepare() keeps a module's own `qconfig` over its parent's, so this runs after fusion and
+    before attaching observers.
+    """
+    if qconfig is None:
+        return 0
+    count = 0
+    for module in model.modules():
+        targets = [module] if isinstance(module, _RELU_FUSED) else []
+        targets += [getattr(module, name) for name in getattr(module, "relu_outputs", ())]
+        for target in targets:
+            target.qconfig = qconfig
+            count += 1
+    return count
+
+
+def prepare_ptq(
+    model: nn.Module, qconfig: QConfig, relu_qconfig: QConfig | None = None
+) -> nn.Module:
     """Fuse (BN folded, eval mode) and insert observers, in place, ready for calibration."""
     model.eval()
     model.fuse_model(is_qat=False)
+    set_relu_qconfig(model, relu_qconfig)
     return attach_observers(model, qconfig)
 
 
-def prepare_qat(model: nn.Module, qconfig: QConfig) -> nn.Module:
+def prepare_qat(
+    model: nn.Module, qconfig: QConfig, relu_qconfig: QConfig | None = None
+) -> nn.Module:
     """Fuse (BN kept trainable, train mode) and insert fake-quant modules, in place."""
     model.train()
     model.fuse_model(is_qat=True)
+    set_relu_qconfig(model, relu_qconfig)
     return attach_fake_quant(model, qconfig)
 
 

@@ -1,0 +1,228 @@
+"""A converted eager power-of-two int8 model as an integer program (hw/program.py), the torch
+int8 model's own codes per layer (to measure bit-exactness), and bias snapping.
+
+The walk follows labquant's ResNets (quant -> stem conv -> blocks with `skip_add.add_relu` ->
+global avgpool -> fc), duck-typed: quant/ does not import models/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.ao.nn.intrinsic.quantized as nniq
+import torch.ao.nn.quantized as nnq
+from torch import Tensor, nn
+
+from labquant.errors import ConfigError
+from labquant.hw.program import IntegerProgram
+
+FIX = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
+_QUANTIZED_MATMUL = (nnq.Conv2d, nnq.Linear)
+
+
+def shift_of(scale: float, where: str) -> int:
+    """n for a scale 2**-n; anything else is refused (a multiplier would be needed)."""
+    n = -math.log2(scale) if scale > 0 else math.nan
+    if not math.isfinite(n) or n != round(n):
+        raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX}")
+    return round(n)
+
+
+class _Builder:
+    def __init__(self, clamp: dict[str, Any]) -> None:
+        self.ops: list[dict[str, Any]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.clamp = clamp
+
+    def quantize(self, name: str, module: nn.Module) -> tuple[str, int, int]:
+        shift = shift_of(float(module.scale), name)
+        zp = int(module.zero_point)
+        self.ops.append({"name": name, "op": "quantize", "output": name, "out_shift": shift,
+                         "out_zero_point": zp, "dtype": "uint8"})  # fmt: skip
+        return name, shift, zp
+
+    def matmul(self, name: str, module: nn.Module, source: tuple[str, int, int]) -> tuple:
+        if not isinstance(module, _QUANTIZED_MATMUL):
+            raise ConfigError(f"{name} is {type(module).__name__}, not a quantized conv/linear")
+        weight = module.weight()
+        if weight.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            raise ConfigError(f"{name} has per-channel weights; {FIX}")
+        w_shift = shift_of(weight.q_scale(), f"{name}.weight")
+        in_name, in_shift, in_zp = source
+        out_shift = shift_of(float(module.scale), name)
+        out_zp = int(module.zero_point)
+        bias = module.bias()
+        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach()
+        # The int32 bias on the accumulator grid 2**-(in_shift + w_shift), rounded half to even.
+        bias_int = torch.round(bias.double() * 2.0 ** (in_shift + w_shift))
+        if bias_int.abs().max() >= 2**31:
+            raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
+        shift = in_shift + w_shift - out_shift
+        conv = isinstance(module, nnq.Conv2d)
+        if conv and (module.groups != 1 or tuple(module.dilation) != (1, 1)):
+            raise ConfigError(f"{name}: grouped or dilated convolutions are not supported")
+        self.arrays[f"{name}.weight"] = weight.int_repr().numpy().astype(np.int8)
+        self.arrays[f"{name}.bias"] = bias_int.numpy().astype(np.int32)
+        op: dict[str, Any] = {
+            "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
+            "weight": f"{name}.weight", "bias": f"{name}.bias",
+            "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
+            "weight_zero_point": int(weight.q_zero_point()), "out_shift": out_shift,
+            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0,
+            "relu": isinstance(module, (nniq.ConvReLU2d, nniq.LinearReLU)),
+            "clamp": self.clamp.get(name),
+        }  # fmt: skip
+        if conv:
+            op["stride"] = [int(s) for s in module.stride]
+            op["padding"] = [int(p) for p in module.padding]
+        self.ops.append(op)
+        return name, out_shift, out_zp
+
+    def add(self, name: str, module: nn.Module, a: tuple, b: tuple, relu: bool) -> tuple:
+        out_shift = shift_of(float(module.scale), name)
+        out_zp = int(module.zero_point)
+        finest = max(a[1], b[1])
+        shift = finest - out_shift
+        self.ops.append({
+            "name": name, "op": "add", "inputs": [a[0], b[0]], "output": name,
+            "in_shifts": [a[1], b[1]], "in_zero_points": [a[2], b[2]],
+            "align": [finest - a[1], finest - b[1]], "out_shift": out_shift,
+            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0, "relu": relu,
+            "clamp": self.clamp.get(name),
+        })  # fmt: skip
+        return name, out_shift, out_zp
+
+    def avgpool(self, name: str, source: tuple, window: int) -> tuple:
+        in_name, shift, zp = source
+        power = window & (window - 1) == 0
+        self.ops.append({
+            "name": name, "op": "avgpool", "input": in_name, "output": name,
+            "in_shift": shift, "in_zero_point": zp, "out_shift": shift, "out_zero_point": zp,
+            "window": window, "window_is_power_of_two": power,
+            "window_shift": int(math.log2(window)) if power else None,
+        })  # fmt: skip
+        return name, shift, zp
+
+
+def integer_program(int8: nn.Module, input_hw: tuple[int, int], clamp: dict | None = None):
+    """The program of a converted eager ResNet; `input_hw` fixes the avgpool window size."""
+    build = _Builder(clamp or {})
+    x = build.quantize("quant", int8.quant)
+    x = build.matmul("conv1", int8.conv1, x)
+    if not isinstance(getattr(int8, "maxpool", nn.Identity()), nn.Identity):
+        raise ConfigError("the integer export supports model.stem=cifar only (no max-pool stem)")
+    downsampling = 0
+    for stage in int8.stage_names:
+        for i, block in enumerate(getattr(int8, stage)):
+            prefix = f"{stage}.{i}"
+            out = build.matmul(f"{prefix}.conv1", block.conv1, x)
+            out = build.matmul(f"{prefix}.conv2", block.conv2, out)
+            if hasattr(block, "conv3"):
+                out = build.matmul(f"{prefix}.conv3", block.conv3, out)
+            identity = x
+            if block.downsample is not None:
+                conv = block.downsample[0]
+                downsampling += int(conv.stride[0]) > 1
+                identity = build.matmul(f"{prefix}.downsample.0", conv, x)
+            x = build.add(f"{prefix}.skip_add", block.skip_add, out, identity, relu=True)
+    height, width = input_hw
+    for _ in range(downsampling):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    x = build.avgpool("avgpool", x, height * width)
+    build.matmul("fc", int8.fc, x)
+    return IntegerProgram(build.ops, build.arrays)
+
+
+def _capture_points(int8: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """Module whose forward output is each layer's output (add_relu: QFunctional's
+    activation_post_process, an Identity it calls on its result)."""
+    modules = dict(int8.named_modules())
+    return {
+        name: modules[f"{name}.activation_post_process"]
+        if isinstance(modules[name], nnq.QFunctional)
+        else modules[name]
+        for name in names
+    }
+
+
+@torch.inference_mode()
+def torch_layer_codes(int8: nn.Module, x: Tensor, names: list[str]) -> dict[str, np.ndarray]:
+    """The torch int8 model's output codes of every named layer for the float input `x`."""
+    found: dict[str, np.ndarray] = {}
+
+    def hook(name: str) -> Any:
+        def record(_m: nn.Module, _i: Any, out: Tensor) -> None:
+            found[name] = out.int_repr().numpy().copy()
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(name)) for name, m in _capture_points(int8, names).items()
+    ]
+    try:
+        int8.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+@contextmanager
+def _input_scales(int8: nn.Module) -> Iterator[dict[str, float]]:
+    scales: dict[str, float] = {}
+
+    def record(name: str) -> Any:
+        def pre(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            scales[name] = float(args[0].q_scale())
+
+        return pre
+
+    handles = [
+        m.register_forward_pre_hook(record(name))
+        for name, m in int8.named_modules()
+        if isinstance(m, _QUANTIZED_MATMUL)
+    ]
+    try:
+        yield scales
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def snap_biases(int8: nn.Module, example: Tensor) -> int:
+    """Put every conv / linear bias on its accumulator grid, `round(b / (s_in * s_w)) * s_in *
+    s_w`, so torch's float32 bias add equals the hardware's int32 one; returns how many moved.
+
+    The input scale of a layer is a property of the tensor it receives, so one example forward
+    reads them. With power-of-two scales the snapped bias is exact in float32.
+    """
+    with _input_scales(int8) as scales:
+        int8.eval()(example[:1])
+    moved = 0
+    for name, m in int8.named_modules():
+        if name not in scales or m.bias() is None:
+            continue
+        weight, bias = m.weight(), m.bias().detach()
+        grid = scales[name] * weight.q_scale()
+        snapped = (torch.round(bias.double() / grid) * grid).float()
+        moved += int((snapped != bias).sum())
+        m.set_weight_bias(weight, snapped)
+    return moved
+
+
+class IntegerExport:
+    """A stage's converted int8 module, its integer program, and torch's codes per layer."""
+
+    def __init__(self, module: nn.Module, program: IntegerProgram, engine: str) -> None:
+        self.module, self.program, self.engine = module, program, engine
+
+    def layer_codes(self, x: Tensor) -> dict[str, np.ndarray]:
+        torch.backends.quantized.engine = self.engine
+        names = [op["output"] for op in self.program.ops]
+        return torch_layer_codes(self.module, x, names)

@@ -1,0 +1,189 @@
+"""`labquant-export`'s pipeline: a power-of-two int8 stage folder -> integer_model.npz (the
+integer program), bitexact.json (the integer-only reference vs torch's int8 model on the test
+set), golden vectors."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from labquant.config.instantiate import instantiate
+from labquant.config.schema import validate_settings
+from labquant.data.augment import normalize
+from labquant.errors import ConfigError
+from labquant.hw import reference
+from labquant.hw.golden import write_golden
+from labquant.hw.program import check_program
+from labquant.quant.qconfigs import QConfigSpec
+from labquant.reports.artifacts import read_json, write_json
+from labquant.tasks.runner import completed_results
+
+FIX_STAGE = "pass stage_dir=<lab>/ptq_pot (a complete PTQ or QAT stage of a pot qconfig)"
+BATCH = 128
+
+
+def cpu_isa() -> dict[str, Any]:
+    """What decides torch's int8 arithmetic on this CPU (VNNI: exact int32 sums)."""
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return {
+        "cpu": model,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "vnni": vnni,
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+    }
+
+
+def load_stage(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
+    stage_dir = Path(cfg.stage_dir)
+    saved = completed_results(stage_dir)
+    config_path = stage_dir / ".hydra" / "config.yaml"
+    if saved is None or not config_path.is_file():
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir} holds no complete quantize stage; {FIX_STAGE}"
+        )
+    stage_cfg = OmegaConf.load(config_path)
+    if cfg.get("data_root"):
+        with open_dict(stage_cfg):
+            stage_cfg.data.root = cfg.data_root
+    return stage_dir, saved, stage_cfg
+
+
+def compare(
+    exported: Any, images: np.ndarray, labels: np.ndarray, rounding: str
+) -> tuple[dict[str, Any], reference.RunResult]:
+    """bitexact.json's figures: the reference (hardware semantics) vs torch, image by image."""
+    program = exported.program
+    ref = reference.run_batched(program, images, rounding, count_saturation=True, batch=BATCH)
+    names = [op["output"] for op in program.ops]
+    max_diff = dict.fromkeys(names, 0)
+    differing = dict.fromkeys(names, 0)
+    torch_logits = []
+    for start in range(0, len(images), BATCH):
+        codes = exported.layer_codes(torch.from_numpy(images[start : start + BATCH]))
+        for name in names:
+            ours = ref.codes[name][start : start + BATCH].astype(np.int64)
+            diff = np.abs(ours - codes[name].astype(np.int64))
+            max_diff[name] = max(max_diff[name], int(diff.max(initial=0)))
+            differing[name] += int((diff > 0).sum())
+        torch_logits.append(codes[program.output])
+    theirs = np.concatenate(torch_logits).astype(np.int64)
+    ours = ref.logits.astype(np.int64)
+    identical = (theirs == ours).all(axis=1)
+    saturated = sum(ref.saturated.values())  # per image: outputs hit by a saturating pair
+    clean = saturated == 0
+    n = len(images)
+    figures = {
+        "images": n,
+        "identical_images": int(identical.sum()),
+        "top1_agreement": round(100.0 * float((theirs.argmax(1) == ours.argmax(1)).mean()), 3),
+        "saturated_outputs": int(saturated.sum()),
+        "saturated_images": int((~clean).sum()),
+        "identical_images_without_saturation": int(identical[clean].sum()),
+        "images_without_saturation": int(clean.sum()),
+        "hw_test_acc": round(100.0 * float((ours.argmax(1) == labels).mean()), 2),
+        "torch_test_acc": round(100.0 * float((theirs.argmax(1) == labels).mean()), 2),
+        "rounding": rounding,
+        "layers": {
+            name: {
+                "max_code_diff": max_diff[name],
+                "differing_codes": differing[name],
+                "saturated_outputs": int(ref.saturated[name].sum()) if name in ref.saturated else 0,
+            }
+            for name in names
+        },
+    }
+    return figures, ref
+
+
+def shifts_summary(program: Any) -> dict[str, Any]:
+    shifts = [op["shift"] for op in program.ops if "shift" in op]
+    return {
+        "requantizations": len(shifts),
+        "min_shift": min(shifts),
+        "max_shift": max(shifts),
+        "left_shifts": [op["name"] for op in program.ops if op.get("left_shift")],
+        "avgpool_windows_not_power_of_two": [
+            op["name"] for op in program.ops if op.get("window_is_power_of_two") is False
+        ],
+    }
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    validate_settings(cfg)
+    stage_dir, saved, stage_cfg = load_stage(cfg)
+    qconfig: QConfigSpec = instantiate(stage_cfg.qconfig, "qconfig")
+    if not qconfig.power_of_two:
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir} was quantized with qconfig={qconfig.name}, not a "
+            f"power-of-two qconfig (its requantization needs a multiplier); {FIX_STAGE}"
+        )
+    backend = instantiate(stage_cfg.backend, "backend")
+    if not hasattr(backend, "integer_export"):
+        raise ConfigError(f"backend={backend.name} has no integer export; use backend=eager")
+    dm = instantiate(stage_cfg.data, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    x_test, y_test = dm.arrays("test")
+    if cfg.images is not None:
+        x_test, y_test = x_test[: cfg.images], y_test[: cfg.images]
+    images = normalize(x_test.cpu()).numpy()
+    net = instantiate(stage_cfg.model, "model")
+    exported = backend.integer_export(net, qconfig, stage_dir, saved, tuple(images.shape[2:]))
+    problems = check_program(exported.program)
+    if problems:
+        raise ConfigError(f"stage_dir={cfg.stage_dir}: {problems[0]}; {FIX_STAGE}")
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported.program.save(out_dir / "integer_model.npz")
+    summary = {
+        "stage": str(stage_dir),
+        "qconfig": qconfig.name,
+        "activations": qconfig.activations,
+        "snap_bias": qconfig.snap_bias,
+        "shifts": shifts_summary(exported.program),
+        "layers": exported.program.summary(),
+    }
+    write_json(out_dir / "integer_model.json", summary)
+    figures, _ = compare(exported, images, y_test.cpu().numpy(), cfg.rounding)
+    figures = {"isa": cpu_isa(), "int8_engine": exported.engine, **figures}
+    write_json(out_dir / "bitexact.json", figures)
+    if cfg.golden:
+        n = min(cfg.golden, len(images))
+        one = reference.run(exported.program, images[:n], cfg.rounding)
+        write_golden(out_dir / "golden", exported.program, images[:n], one)
+    results = {
+        "status": "complete",
+        "stage": str(stage_dir),
+        "qconfig": qconfig.name,
+        **{k: v for k, v in figures.items() if k != "layers"},
+        "shifts": summary["shifts"],
+        "golden": cfg.golden,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def stage_export_summary(stage_dir: Path) -> dict[str, Any] | None:
+    """bitexact.json of a stage's export, for the lab report (None when it was not run)."""
+    path = stage_dir / "export" / "bitexact.json"
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,56 @@
+"""labquant-export refuses what it cannot export with one line, before any work (in process:
+a subprocess per case costs a torch import)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from labquant.cli import export as cli_export
+from labquant.errors import ConfigError
+from labquant.tasks.export import export
+
+
+def export_cfg(tmp_path, **overrides):
+    cfg = {
+        "task_name": "export",
+        "stage_dir": str(tmp_path / "ptq_x86"),
+        "golden": 0,
+        "rounding": "half_even",
+        "images": None,
+        "data_root": None,
+        "overwrite": False,
+        "paths": {"output_dir": str(tmp_path / "ptq_x86" / "export")},
+    }
+    return OmegaConf.create({**cfg, **overrides})
+
+
+def test_a_non_power_of_two_stage_is_refused(tmp_path) -> None:
+    stage = tmp_path / "ptq_x86"
+    (stage / ".hydra").mkdir(parents=True)
+    (stage / "results.json").write_text(json.dumps({"status": "complete", "qconfig": "x86"}))
+    qconfig = {"_target_": "labquant.quant.qconfigs.engine_default", "name": "x86", "engine": "x86"}
+    OmegaConf.save({"qconfig": qconfig, "backend": {"name": "eager"}}, stage / ".hydra/config.yaml")
+    with pytest.raises(ConfigError, match=r"^stage_dir=.*qconfig=x86, not a power-of-two"):
+        export(export_cfg(tmp_path))
+    assert not (stage / "export").exists()
+
+
+def test_bad_settings_are_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"^rounding=nearest must be half_even or half_up"):
+        export(export_cfg(tmp_path, rounding="nearest"))
+    with pytest.raises(ConfigError, match="holds no complete quantize stage"):
+        export(export_cfg(tmp_path))
+
+
+def test_missing_stage_dir_is_one_line_exit_2(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["labquant-export", "golden=2"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_export.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "labquant-export: error: stage_dir is missing; e.g. stage_dir=outputs/<lab>/ptq_pot"
+    )
