@@ -43,10 +43,11 @@ def test_train_loader_batches_cover_each_index_once_and_follow_set_epoch() -> No
     labels = []
     for epoch in (0, 1):
         loader.sampler.set_epoch(epoch)  # what Lightning calls: loader.sampler is the batch sampler
-        batches = list(loader)
-        assert [len(y) for _, y in batches] == [50, 50, 50, 50]
-        assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) for x, _ in batches)
-        labels.append(torch.cat([y for _, y in batches]))
+        batches = list(loader)  # training batches: (images, labels, their indices)
+        assert [len(y) for _, y, _ in batches] == [50, 50, 50, 50]
+        assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) for x, _, _ in batches)
+        assert all(torch.equal(dm.arrays("train")[1][i], y) for _, y, i in batches)
+        labels.append(torch.cat([y for _, y, _ in batches]))
     train_y = dm.arrays("train")[1]
     for y in labels:
         assert torch.equal(y.sort().values, train_y.sort().values)
@@ -181,7 +182,7 @@ def test_lightning_trainer_augments_train_only_and_reshuffles_each_epoch() -> No
     loader = dm.train_dataloader()
     for epoch in (0, 1):
         loader.sampler.set_epoch(epoch)
-        raw_x, raw_y = next(iter(loader))
+        raw_x, raw_y, _ = next(iter(loader))
         _, seen_x, seen_y = next(b for b in model.seen["train"] if b[0] == epoch)
         assert torch.equal(seen_y, raw_y)  # Lightning reached the inner sampler's set_epoch
         assert seen_x.dtype == torch.float32 and not torch.equal(seen_x, normalize(raw_x))
@@ -206,7 +207,7 @@ def test_device_resident_splits_on_gpu() -> None:
     seen_val = torch.cat([x for e, x, _ in model.seen["val"] if e == 0])
     assert torch.allclose(seen_val, normalize(dm.arrays("val")[0]), atol=1e-6)
     loader = dm.train_dataloader()
-    raw_x, raw_y = next(iter(loader))
+    raw_x, raw_y, _ = next(iter(loader))
     _, seen_x, seen_y = model.seen["train"][0]
     assert torch.equal(seen_y, raw_y) and not torch.equal(seen_x, normalize(raw_x))
 
@@ -224,5 +225,7 @@ def test_device_resident_splits_on_gpu() -> None:
 def test_pin_memory_follows_the_path(pin_memory, device, augment, expected) -> None:
     dm = small_dm(pin_memory=pin_memory, augment=augment, device_resident=False)
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device(device)), global_rank=0, world_size=1
+    )
     assert dm.train_dataloader().pin_memory is expected

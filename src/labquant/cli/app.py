@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from labquant.config.overrides import check_group_overrides, check_output_dir
@@ -18,7 +19,11 @@ USER_ERROR_EXIT = 2
 
 
 def fail(prog: str, error: BaseException) -> NoReturn:
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    """One line on stderr and exit 2. Under DDP every failing rank says it; ranks other than 0
+    name themselves (a rank that fails alone is the only one that can tell)."""
+    rank = getattr(rank_zero_only, "rank", 0) or 0
+    where = f"[rank {rank}] " if rank else ""
+    print(f"{prog}: error: {where}{error}", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT)
 
 

@@ -8,6 +8,8 @@ lab's earlier runs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision import transforms
@@ -68,12 +70,24 @@ def random_pad_crop_flip(
     """
     if x.dim() != 4:
         raise ValueError(f"random_pad_crop_flip expects [N,C,H,W], got shape {tuple(x.shape)}")
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-    kw = {"generator": generator, "device": x.device}
+    return pad_crop_flip(x, *crop_params(len(x), padding, generator, x.device), padding=padding)
+
+
+def crop_params(
+    n: int, padding: int = 4, generator: torch.Generator | None = None, device: Any = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(top, left, flip) for n samples: offsets uniform over 0..2*padding, flip with p = 1/2."""
+    kw = {"generator": generator, "device": device}
     top = torch.randint(0, 2 * padding + 1, (n,), **kw)
     left = torch.randint(0, 2 * padding + 1, (n,), **kw)
     flip = torch.rand(n, **kw) < 0.5
+    return top, left, flip
+
+
+def pad_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int = 4) -> Tensor:
+    """Pad(padding, fill=0), crop back to H x W at (top, left), mirror where flip: one gather."""
+    _, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     return gather_crops(padded, top, left, flip, h, w)
 
 

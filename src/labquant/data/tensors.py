@@ -16,14 +16,20 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from labquant.data.augment import eval_transform, normalize, random_pad_crop_flip, train_transform
+from labquant.data.augment import (
+    crop_params,
+    eval_transform,
+    normalize,
+    pad_crop_flip,
+    random_pad_crop_flip,
+    train_transform,
+)
 from labquant.errors import ConfigError
 
 AUGMENT_MODES = ("device", "workers")
 
-# Independent random streams derived from one user seed (split, shuffle, augmentation).
 # Independent random streams derived from one user seed (split, shuffle, augmentation).
 _SPLIT_STREAM, _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1, 2
 
@@ -43,20 +49,47 @@ class EpochSeededRandomSampler(Sampler[int]):
     """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same order.
 
     Lightning calls `set_epoch` each epoch (on `loader.sampler` or `loader.batch_sampler.sampler`).
+    Under DDP (`world_size` > 1) rank r takes every world_size-th index of that order starting at
+    r: the shards are disjoint, each rank's k-th batch of b images together with the other
+    ranks' k-th batches is exactly the single-process k-th batch of b * world_size images, and
+    the union is the epoch's order. When n is not a multiple of world_size, the last
+    n % world_size indices of the order are left out of that epoch so that every rank runs the
+    same number of steps (the order is reshuffled each epoch, so no image is always left out).
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.n, self.seed, self.epoch = int(n), int(seed), 0
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _SHUFFLE_STREAM))
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)
+        if self.world_size > 1:
+            order = order[: len(self) * self.world_size][self.rank :: self.world_size]
+        return iter(order.tolist())
+
+
+class ShardedSequentialSampler(Sampler[int]):
+    """Evaluation order for one rank: indices rank, rank + world_size, ... with NO padding, so
+    every image is evaluated exactly once across ranks (DistributedSampler would repeat images
+    to even the shards out, and those repeats would count twice in the test accuracy)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, int(n), int(world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 class EpochBatchSampler(BatchSampler):
@@ -70,17 +103,21 @@ class EpochBatchSampler(BatchSampler):
 
 
 class BatchTensorDataset(Dataset):
-    """Map dataset indexed by a whole batch of indices: one tensor gather, no per-sample Python."""
+    """Map dataset indexed by a whole batch of indices: one tensor gather, no per-sample Python.
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x, self.y = x, y
+    `with_index=True` adds the batch's image indices as a third element (training batches: the
+    augmentation of an image is keyed by its index, see `on_after_batch_transfer`).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, with_index: bool = False) -> None:
+        self.x, self.y, self.with_index = x, y, with_index
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.x.device)
-        return self.x[idx], self.y[idx]
+        return (self.x[idx], self.y[idx], idx) if self.with_index else (self.x[idx], self.y[idx])
 
 
 class PILImageDataset(Dataset):
@@ -149,6 +186,8 @@ class TensorImageDataModule(LightningDataModule):
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
         self._aug_generator: torch.Generator | None = None
         self._aug_epoch: int | None = None
+        self._crops: tuple[Tensor, Tensor, Tensor] | None = None
+        self._crops_key: tuple[int, torch.device] | None = None
 
     # ---- loading and splitting
 
@@ -201,6 +240,13 @@ class TensorImageDataModule(LightningDataModule):
             return bool(self.pin_memory)
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process: each rank draws its own shard (the trainer sets
+        use_distributed_sampler=false: Lightning's sampler would pad evaluation)."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def _resident_device(self) -> torch.device | None:
         if not (self.device_resident and self.augment == "device" and self.trainer is not None):
             return None
@@ -236,12 +282,20 @@ class TensorImageDataModule(LightningDataModule):
         loop (`trainer.validate`) drives the PTQ observers."""
         return _CalibrationView(self)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def eval_dataloader(self, split: str = "test") -> DataLoader:
+        """Every image of `split` in one process, whatever the trainer's world size: evaluation
+        outside Lightning (FP32 reference, the int8 model on the CPU) after a DDP run."""
+        return self._loader(split, train=False, shard=False)
+
+    def _loader(self, split: str, train: bool, shard: bool = True) -> DataLoader:
         x, y = self.arrays(split)
         n = len(y)
         batch_size = self.batch_size if train else self.eval_batch_size
+        rank, world_size = self._shard() if shard else (0, 1)
         sampler: Sampler[int] = (
-            EpochSeededRandomSampler(n, self.seed) if train else SequentialSampler(range(n))
+            EpochSeededRandomSampler(n, self.seed, rank, world_size)
+            if train
+            else ShardedSequentialSampler(n, rank, world_size)
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0  # CUDA tensors cannot be sliced in workers
@@ -252,7 +306,8 @@ class TensorImageDataModule(LightningDataModule):
         }
         if self.augment == "device":
             batches = EpochBatchSampler(sampler, batch_size, drop_last=False)
-            return DataLoader(BatchTensorDataset(x, y), batch_size=None, sampler=batches, **common)
+            dataset = BatchTensorDataset(x, y, with_index=train)
+            return DataLoader(dataset, batch_size=None, sampler=batches, **common)
         transform = train_transform() if train else eval_transform()
         return DataLoader(
             PILImageDataset(x, y, transform), batch_size=batch_size, sampler=sampler, **common
@@ -261,15 +316,36 @@ class TensorImageDataModule(LightningDataModule):
     # ---- on-device augmentation
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 batches: augment (training only) and normalise; float batches pass through."""
+        """uint8 batches: augment (training only) and normalise; float batches pass through.
+
+        Training batches carry their images' indices: each image's crop and flip is drawn once
+        per epoch for the whole training split from (seed, epoch) and looked up by index, so it
+        does not depend on which batch, rank or resumed run the image lands in (a 2-process run
+        augments exactly as a 1-process one). Batches without indices draw per batch.
+        """
         x, y = batch[0], batch[1]
         if x.dtype != torch.uint8:
             return batch
         trainer = self.trainer
         if trainer is not None and trainer.training:
-            x = random_pad_crop_flip(x, generator=self._generator(x.device, trainer.current_epoch))
-        out = (normalize(x), y, *batch[2:])
+            epoch = trainer.current_epoch
+            if len(batch) > 2:
+                idx = batch[2]
+                top, left, flip = self._epoch_crops(x.device, epoch)
+                x = pad_crop_flip(x, top[idx], left[idx], flip[idx])
+            else:
+                x = random_pad_crop_flip(x, generator=self._generator(x.device, epoch))
+        out = (normalize(x), y)
         return list(out) if isinstance(batch, list) else out
+
+    def _epoch_crops(self, device: torch.device, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Every training image's (top, left, flip) for `epoch`, drawn once on `device`."""
+        key = (epoch, device)
+        if self._crops_key != key:
+            n = len(self.arrays("train")[1])
+            self._crops = crop_params(n, generator=self._generator(device, epoch), device=device)
+            self._crops_key = key
+        return self._crops
 
     def _generator(self, device: torch.device, epoch: int) -> torch.Generator:
         """Reseeded from (seed, epoch) at each new epoch so augmentation never depends on how
@@ -293,5 +369,5 @@ class _CalibrationView(LightningDataModule):
         return self.source.calibration_dataloader()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, y = batch
+        x, y = batch[0], batch[1]
         return (normalize(x) if x.dtype == torch.uint8 else x), y

@@ -47,7 +47,9 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.perf_counter() - self._started
         self.epoch_seconds.append(seconds)
-        pl_module.log_dict({"perf/epoch_s": seconds, "perf/train_img_s": self._images / seconds})
+        # Under DDP: the slowest rank's epoch, and the images of every rank per second.
+        pl_module.log("perf/epoch_s", seconds, sync_dist=True, reduce_fx="max")
+        pl_module.log("perf/train_img_s", self._images / seconds, sync_dist=True, reduce_fx="sum")
 
 
 class NonFiniteLossGuard(pl.Callback):
@@ -146,4 +148,8 @@ class QATSchedule(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         scales = self.backend.fake_quant_scales(pl_module.net)
-        pl_module.log_dict({f"qat_scale/{name}": value for name, value in scales.items()})
+        # DDP broadcasts rank 0's buffers (observer ranges, scales) before every forward, so
+        # the scales are the same on every rank; sync_dist states that (a mean of equal values).
+        pl_module.log_dict(
+            {f"qat_scale/{name}": value for name, value in scales.items()}, sync_dist=True
+        )

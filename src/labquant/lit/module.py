@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -24,7 +24,9 @@ class ClassifierModule(pl.LightningModule):
 
     Metrics are accumulated on the device and logged per epoch (`on_step=False`), and their
     per-step input checks are off (`validate_args=False`: torch.unique on the labels, which
-    syncs), so the hot loop never waits for the host.
+    syncs), so the hot loop never waits for the host. Losses and accuracies are torchmetrics
+    objects (sums and counts): under DDP every logged epoch value is the all-rank value, exact
+    even when ranks saw different numbers of images (evaluation is not padded).
     """
 
     def __init__(
@@ -47,6 +49,12 @@ class ClassifierModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # nan_strategy="disable": its NaN check reads the loss back every step (NonFiniteLossGuard
+        # catches a NaN loss a step later without stalling the device).
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
+        self.test_images = SumMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
 
@@ -68,26 +76,31 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, preds, y = self._step(batch)
         self.train_acc(preds, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.train_loss(loss.detach(), len(y))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, preds, y = self._step(batch)
         self.val_acc(preds, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.val_loss(loss, len(y))
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # an untrained model's numbers never count as the best
             return
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+        self.val_acc_best(self.val_acc.compute())  # compute() is already the all-rank value
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, preds, y = self._step(batch)
         self.test_acc(preds, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.test_loss(loss, len(y))
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.test_images(len(y))  # over all ranks: proves each image was tested exactly once
+        self.log("test/images", self.test_images, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def _steps_per_epoch(self) -> int:

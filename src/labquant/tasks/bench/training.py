@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labquant.data.augment import normalize, random_pad_crop_flip
+from labquant.data.augment import crop_params, normalize, pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
 from labquant.lit.module import ClassifierModule
@@ -57,12 +57,14 @@ def plain_epochs(net: nn.Module, dm: TensorImageDataModule, epochs: int) -> list
     optimizer = SGD(net.parameters())
     loader = dm.train_dataloader()
     seconds = []
+    n = len(dm.arrays("train")[1])
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(epoch)
         start = time.perf_counter()
-        for x, y in loader:
-            x = normalize(random_pad_crop_flip(x, generator=generator))
+        # As the DataModule does: every image's crop drawn once per epoch, looked up by index.
+        top, left, flip = crop_params(n, generator=torch.Generator().manual_seed(epoch))
+        for x, y, idx in loader:
+            x = normalize(pad_crop_flip(x, top[idx], left[idx], flip[idx]))
             loss = F.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
