@@ -138,7 +138,7 @@ ERRORS = [
     (
         "lab",
         ["lab.qconfigs=[pot,pott]"],
-        "lab.qconfigs=[pot,pott] item pott is not one of fbgemm, pot, qnnpack, x86; "
+        "lab.qconfigs=[pot,pott] item pott is not one of fbgemm, pot, pot_unsigned, qnnpack, x86; "
         "e.g. lab.qconfigs=[pot]",
     ),
     # across fields, and an interpolated value blamed on the setting it copies

@@ -167,6 +167,10 @@ class Trainer(Settings):
     )
     precision: str | int = setting("32-true", rule=PRECISION_RULE)
     log_every_n_steps: PosInt = setting(20)
+    strategy: str = setting("ddp", min_length=1)
+    num_nodes: PosInt = setting(2)
+    sync_batchnorm: bool = setting(True)
+    use_distributed_sampler: bool = setting(False)
 
 
 class Quant(Settings):
@@ -194,6 +198,8 @@ class QConfig(Settings):
     name: str = setting("pot")
     engine: str = setting("x86")
     max_shift_amount: ShiftAmount | None = setting(8, rule=SHIFT_RULE)
+    activations: Literal["symmetric", "unsigned"] = setting("unsigned")
+    snap_bias: bool = setting(True)
 
 
 class Backend(Settings):
@@ -204,6 +210,8 @@ class Lab(Settings):
     qconfigs: list[QConfigName] = setting(["pot"], min_length=1)
     ptq: Quant = setting("ptq", default=...)
     qat: Quant = setting("qat", default=...)
+    export: bool = setting(True)  # labquant-export on each power-of-two stage
+    golden: NonNegInt = setting(8)
 
 
 class TrainSettings(Settings):
@@ -244,6 +252,18 @@ class LabSettings(TrainSettings):
 
     lab: Lab = setting({"qconfigs": ["pot"]}, default=...)
     qconfig: QConfig = setting("pot", default=...)
+
+
+class ExportSettings(Settings):
+    """conf/export.yaml: the integer model of a power-of-two int8 stage folder."""
+
+    task_name: str = setting("export")
+    stage_dir: str = setting("outputs/<lab>/ptq_pot", min_length=1)
+    golden: NonNegInt = setting(8)
+    rounding: Literal["half_even", "half_up"] = setting("half_up")
+    images: PosInt | None = setting(1000)
+    data_root: str | None = setting("../shared/data/cifar10-mini", min_length=1)
+    overwrite: bool = setting(False)
 
 
 class BenchAugment(Settings):
@@ -320,7 +340,11 @@ class BenchSettings(BenchSections):
 
 def root_model(settings: dict[str, Any]) -> type[Settings]:
     """The schema of an app's composed config, told apart by the groups only it has."""
-    for key, model in (("sections", BenchSettings), ("lab", LabSettings)):
+    for key, model in (
+        ("sections", BenchSettings),
+        ("lab", LabSettings),
+        ("stage_dir", ExportSettings),
+    ):
         if key in settings:
             return model
     return QuantizeSettings if "quant" in settings else TrainSettings

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from labquant.reports.artifacts import write_json, write_text
+from labquant.reports.lab_figures import write_lab_figures
 
 COLUMNS = (
     ("Model", "label"),
@@ -65,9 +66,11 @@ def write_lab_report(
     stage_results: dict[str, dict[str, Any]],
     notes: list[str],
 ) -> str:
-    """report.json (`{"rows": [...]}`) and report.md: the table, worst layers, curves, notes."""
+    """report.json (`{"rows": [...]}`) and report.md: the table, figures, worst layers,
+    per-class damage, curves, notes. Only files go in, so a rebuild is byte-identical."""
     lab_dir = Path(lab_dir)
     write_json(lab_dir / "report.json", {"rows": rows})
+    figures = write_lab_figures(lab_dir, rows, stage_results)
     parts = ["# labquant report", "", markdown_table(rows), ""]
     fp32_acc = next((r["test_acc"] for r in rows if r["stage"] == "fp32"), None)
     if fp32_acc is not None:
@@ -76,6 +79,7 @@ def write_lab_report(
             "both measured on the CPU on the same test set.",
             "",
         ]
+    parts += figures.get("accuracy_size", []) + figures.get("sqnr", [])
     for row in rows:
         results = stage_results.get(row["dir"], {})
         layers = results.get("layers") or []
@@ -100,9 +104,10 @@ def write_lab_report(
             layer["name"] for layer in layers if "flow" in str((layer.get("clamp") or {}).values())
         ]
         parts += ["", f"Shift clamp hit in: {', '.join(hits) if hits else 'no layer'}.", ""]
+    parts += figures.get("per_class", [])
     curves = [
-        f"- {' '.join(filter(None, [row['stage'].upper(), row['qconfig']]))}: "
-        f"[{row['dir']}/loss_accuracy.png]({row['dir']}/loss_accuracy.png)"
+        f"![{' '.join(filter(None, [row['stage'].upper(), row['qconfig']]))} loss and accuracy "
+        f"per epoch]({row['dir']}/loss_accuracy.png)\n"
         for row in rows
         if (lab_dir / row["dir"] / "loss_accuracy.png").exists()
     ]

@@ -7,7 +7,6 @@ says "complete" is not redone, so an interrupted lab is finished by running it a
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ from labquant.config.groups import load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.reports.artifacts import read_json
-from labquant.reports.table import stage_row, write_lab_report
+from labquant.reports.rebuild import with_export, write_lab
 from labquant.tasks.checks import check_train_checkpoint
+from labquant.tasks.export import export
 from labquant.tasks.quantize import quantize
 from labquant.tasks.runner import completed_results
 from labquant.tasks.train import fit_fp32
@@ -82,8 +82,21 @@ def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> di
     return run(stage_cfg)
 
 
+def run_exports(cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any]) -> None:
+    """`lab.export=true`: labquant-export on every power-of-two stage, into <stage>/export/."""
+    for name, results in stage_results.items():
+        if name == "fp32" or results.get("max_shift_amount") is None:
+            continue  # not a power-of-two stage
+        export_dir = lab_dir / name / "export"
+        settings = {
+            "task_name": "export", "stage_dir": str(lab_dir / name), "golden": cfg.lab.golden,
+            "rounding": "half_even", "images": None, "data_root": None, "overwrite": False,
+            "paths": {"output_dir": str(export_dir)},
+        }  # fmt: skip
+        run_stage(f"{name}/export", export_dir, export, OmegaConf.create(settings))
+
+
 def run_lab(cfg: DictConfig) -> dict[str, Any]:
-    started = time.perf_counter()
     validate_settings(cfg)
     check_train_checkpoint(cfg)
     lab_dir = Path(cfg.paths.output_dir)
@@ -104,16 +117,10 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
                 name, stage_dir, quantize, stage_config(cfg, stage_dir, qconfig=option, **overrides)
             )
 
-    first_quant_dir = next(key for key in stage_results if key != "fp32")
-    first_quant = stage_results[first_quant_dir]
-    rows = [stage_row(fp32, "fp32", fp32_latency=first_quant.get("fp32_latency"))]
-    rows += [stage_row(results, key) for key, results in stage_results.items() if key != "fp32"]
-    notes = [
-        f"FP32 CPU figures measured in {first_quant_dir}/, side by side "
-        "with its int8 model; latency is the median of repeated forward passes.",
-        f"Wall time of this lab run: {time.perf_counter() - started:.0f} s (stages already "
-        "complete are not rerun and not counted).",
-    ]
-    write_lab_report(lab_dir, rows, stage_results, notes)
+    if cfg.lab.get("export"):
+        run_exports(cfg, lab_dir, stage_results)
+    # Rendered from the stages' results.json files only, as `labquant-report` rebuilds it.
+    read = {key: read_json(lab_dir / key / "results.json") for key in stage_results}
+    write_lab(lab_dir, {key: with_export(lab_dir / key, r) for key, r in read.items()})
     clear_failure(lab_dir)
-    return {"rows": rows}
+    return read_json(lab_dir / "report.json")

@@ -33,9 +33,10 @@ from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib, write_json
 from labquant.reports.curves import plot_loss_accuracy
 from labquant.reports.table import worst_layers
+from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
 from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
-from labquant.tasks.evaluate import cpu_latency, evaluate
+from labquant.tasks.evaluate import cpu_latency, evaluate_confusion
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
 
@@ -81,7 +82,7 @@ def _fine_tune(
     dm: TensorImageDataModule,
     backend: QuantBackend,
     prepare: pl.Callback,
-) -> str:
+) -> pl.Trainer:
     qat_cfg = _qat_config(cfg)
     schedule = QATSchedule(backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch)
     trainer = build_trainer(qat_cfg, extra_callbacks=[prepare, schedule])
@@ -93,10 +94,10 @@ def _fine_tune(
             weights_only=True,
         )
     csv_path = metrics_csv_path(trainer)
-    if csv_path is not None and csv_path.exists():
+    if trainer.is_global_zero and csv_path is not None and csv_path.exists():
         title = f"{model_name(cfg)} QAT ({cfg.qconfig.name})"
         plot_loss_accuracy(csv_path, Path(cfg.paths.output_dir) / "loss_accuracy.png", title=title)
-    return str(trainer.strategy.root_device)
+    return trainer
 
 
 def quantize(cfg: DictConfig) -> dict[str, Any]:
@@ -115,21 +116,24 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     check_batch_size(dm)
 
     fp32_net = load_fp32_net(cfg, checkpoint)
-    fp32_acc, _ = evaluate(copy.deepcopy(fp32_net), dm.test_dataloader())
+    fp32_acc, _, fp32_confusion = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
     batch: Tensor = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
     qat = cfg.quant.mode == "qat"
     prepare = PrepareQuantization(backend, qconfig, qat=qat, example_input=batch[:2])
     if qat:
         module = build_module(_qat_config(cfg), net=copy.deepcopy(fp32_net))
-        train_device = _fine_tune(cfg, module, dm, backend, prepare)
+        trainer = _fine_tune(cfg, module, dm, backend, prepare)
+        if not trainer.is_global_zero:  # under DDP rank 0 converts, tests and writes alone
+            return {"status": "complete", "world_size": trainer.world_size}
+        train_device, world_size = str(trainer.strategy.root_device), trainer.world_size
     else:
         module = build_module(cfg, net=copy.deepcopy(fp32_net))
-        train_device = None
+        train_device, world_size = None, 1
         _calibrate(cfg, module, dm, prepare)
 
     prepared = module.net
     int8 = backend.convert(prepared, batch)
-    test_acc, test_loss = evaluate(int8, dm.test_dataloader())
+    test_acc, test_loss, confusion = evaluate_confusion(int8, dm.eval_dataloader())
     saved = backend.save(int8, out_dir)
     layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
     results: dict[str, Any] = {
@@ -147,8 +151,13 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         "fp32_size_mib": serialized_mib(fp32_net.state_dict()),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
+        "world_size": world_size,  # processes of the fine-tuning (DDP); conversion: one
+        "test_images": len(dm.arrays("test")[1]),  # int8 and FP32 tested on every one, once
         "layers": layers,
         "worst_layers": [layer["name"] for layer in worst_layers(layers)],
+        # Test set, rows = true class, columns = predicted; the report's per-class table.
+        "confusion": {"fp32": fp32_confusion, "int8": confusion},
+        "class_names": list(getattr(dm, "class_names", ())) or None,
     }
     if not qat:
         results["calibration_batches"] = cfg.quant.calibration_batches
@@ -156,6 +165,9 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         # The deployed form of each: the backend's int8 artifact, eager FP32.
         results["latency"] = cpu_latency(int8)
         results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
+    metrics_csv = out_dir / "metrics.csv" if qat else None
+    weights = layer_weights(prepared, [layer["name"] for layer in layers])
+    log_stage(cfg, results, metrics_csv=metrics_csv, weights=weights)
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "results.json", results)
     return results

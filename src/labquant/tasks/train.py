@@ -17,11 +17,11 @@ from labquant.config.schema import validate_settings
 from labquant.lit.module import count_parameters
 from labquant.reports.artifacts import file_size_mib, write_json
 from labquant.reports.curves import plot_loss_accuracy
+from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_train_checkpoint
 from labquant.tasks.common import (
     build_module,
     build_trainer,
-    log_final_hparams,
     metrics_csv_path,
     model_name,
     percent,
@@ -68,6 +68,14 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
             fitted, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
         )[0]
 
+    distributed = {
+        "world_size": trainer.world_size,
+        "global_batch_size": datamodule.batch_size * trainer.world_size,
+        "test_images": int(tested["test/images"]),
+    }
+    if not trainer.is_global_zero:  # under DDP one process (rank 0) writes the artifacts
+        return {"status": "complete", "test_acc": percent(tested["test/acc"]), **distributed}
+
     # After test(ckpt_path=best) the module holds the best weights: that is the model we ship.
     state_dict_path = out_dir / FP32_STATE_DICT
     torch.save(module.net.state_dict(), state_dict_path)
@@ -88,6 +96,7 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         "state_dict": FP32_STATE_DICT,
         "checkpoint": str(Path(best_path).relative_to(out_dir)) if best_path else None,
         "device": str(trainer.strategy.root_device),
+        **distributed,
         "seed": cfg.seed,
     }
     csv_path = metrics_csv_path(trainer)
@@ -95,11 +104,8 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         plot_loss_accuracy(
             csv_path, out_dir / "loss_accuracy.png", title=f"{results['model']} FP32"
         )
-    log_final_hparams(
-        trainer,
-        cfg,
-        {k: results[k] for k in ("test_acc", "val_acc", "best_val_acc") if results[k] is not None},
-    )
+    # FP32 is its own reference: acc_drop 0 in the lab's HPARAMS table.
+    log_stage(cfg, {**results, "acc_drop": 0.0}, csv_path, layer_weights(module.net))
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "results.json", results)
     return results
