@@ -24,7 +24,7 @@ from labquant.data.tensors import EpochSeededRandomSampler, ShardedSequentialSam
 from labquant.models.resnet import small_resnet
 from labquant.tasks.evaluate import evaluate
 from tests.conftest import TINY
-from tests.reliability.runs import QUANTIZE, TRAIN, assert_ok, results, run_cli
+from tests.reliability.runs import LAB, QUANTIZE, TRAIN, assert_ok, results, run_cli
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
@@ -234,3 +234,30 @@ def test_a_failure_under_ddp_ends_with_one_line_per_rank_and_a_failed_result(
     assert sum("[rank 1]" not in line for line in lines) <= 1
     assert results(run_dir)["status"] == "failed"
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_lab_under_ddp_runs_fp32_and_qat_on_two_processes_and_reports(tmp_path: Path) -> None:
+    """Every rank runs the same DDP stages in the same order (FP32, then QAT); PTQ, conversion
+    and the report are rank 0's alone."""
+    run_dir = tmp_path / "lab"
+    result = run_cli(
+        LAB,
+        *TINY,
+        *DDP,
+        "trainer.max_epochs=1",
+        "scheduler.warmup_epochs=0",
+        "lab.qat.epochs=1",
+        "lab.qat.freeze_bn_epoch=0",
+        "lab.qat.freeze_observer_epoch=1",
+        "lab.ptq.calibration_batches=2",
+        "lab.ptq.measure_latency=false",
+        "lab.qat.measure_latency=false",
+        run_dir=run_dir,
+        timeout=600,
+    )
+    assert_ok(result)
+    assert results(run_dir / "fp32")["world_size"] == 2
+    assert results(run_dir / "ptq_pot")["world_size"] == 1
+    assert results(run_dir / "qat_pot")["world_size"] == 2
+    assert (run_dir / "report.md").is_file() and not (run_dir / "results.json").exists()

@@ -73,10 +73,14 @@ def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
     assert {f"figures/{name}" for name in figures} == {
         t for t in tags["images"] if t.startswith("figures/")
     }
-    assert any(t.startswith("weights/") for t in tags["histograms"])
     assert {"hparams/test_acc", "hparams/acc_drop", "hparams/size_mib"} <= set(tags["scalars"])
     hparams = stage_hparams(events)
     results = json.loads((tiny_lab / stage / "results.json").read_text())
+    histograms = {t for t in tags["histograms"] if t.startswith("weights/")}
+    if stage == "fp32":
+        assert histograms
+    else:  # every quantized layer, fused conv-relu ones included
+        assert histograms == {f"weights/{layer['name']}" for layer in results["layers"]}
     assert hparams["stage"] == results["stage"]
     if stage != "fp32":
         assert hparams["backend"] == "eager" and hparams["qconfig"] == "pot"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MaxMetric, MeanMetric, SumMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -59,6 +59,12 @@ class ClassifierModule(pl.LightningModule):
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
 
     def setup(self, stage: str) -> None:
+        # One process after a DDP stage in the same process (the lab's PTQ stage on rank 0): the
+        # process group still exists, but no other rank is there to sync the metrics with.
+        syncing = self.trainer.world_size > 1
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.sync_on_compute = metric._to_sync = syncing
         # NHWC convolutions are faster with cuDNN and oneDNN alike (1.2-1.4x on 2 CPU cores).
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)

@@ -55,9 +55,12 @@ def layer_weights(net: nn.Module, names: list[str] | None = None) -> dict[str, t
     weights = {}
     for name in names:
         try:
-            weight = getattr(net.get_submodule(name), "weight", None)
+            module = net.get_submodule(name)
         except AttributeError:
             continue
+        weight = getattr(module, "weight", None)
+        if weight is None:  # fused ConvReLU2d & co. (PTQ) hold the conv as their first child
+            weight = getattr(next(iter(module.children()), None), "weight", None)
         weight = weight() if callable(weight) else weight  # int8 modules: weight()
         if isinstance(weight, torch.Tensor):
             weight = weight.dequantize() if weight.is_quantized else weight

@@ -20,7 +20,7 @@ from labquant.reports.rebuild import with_export, write_lab
 from labquant.tasks.checks import check_train_checkpoint
 from labquant.tasks.export import export
 from labquant.tasks.quantize import quantize
-from labquant.tasks.runner import completed_results
+from labquant.tasks.runner import completed_results, is_global_zero
 from labquant.tasks.train import fit_fp32
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     stage_results: dict[str, dict[str, Any]] = {"fp32": fp32}
     for qconfig, option in qconfigs.items():
         for mode in ("ptq", "qat"):
+            if mode == "ptq" and not is_global_zero():
+                continue  # one-process work: the other DDP ranks wait for the next DDP stage
             name = f"{mode}_{qconfig}"
             overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
             stage_dir = lab_dir / name
@@ -117,6 +119,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
                 name, stage_dir, quantize, stage_config(cfg, stage_dir, qconfig=option, **overrides)
             )
 
+    if not is_global_zero():  # under DDP, rank 0 alone exports and reports
+        return {"rows": []}
     if cfg.lab.get("export"):
         run_exports(cfg, lab_dir, stage_results)
     # Rendered from the stages' results.json files only, as `labquant-report` rebuilds it.

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from labquant.config.resolvers import register_resolvers
@@ -29,6 +30,12 @@ BEFORE_WORK_ERRORS = (ConfigError, DataError)
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_global_zero() -> bool:
+    """Whether this process is DDP rank 0 (or the only one). Lightning re-runs the command for
+    every other rank; those run the same DDP stages and leave one-process work to rank 0."""
+    return (getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
 def _job_threads() -> int | None:

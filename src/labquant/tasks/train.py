@@ -73,8 +73,14 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         "global_batch_size": datamodule.batch_size * trainer.world_size,
         "test_images": int(tested["test/images"]),
     }
+    relative_best = str(Path(best_path).relative_to(out_dir)) if best_path else None
     if not trainer.is_global_zero:  # under DDP one process (rank 0) writes the artifacts
-        return {"status": "complete", "test_acc": percent(tested["test/acc"]), **distributed}
+        return {
+            "status": "complete",
+            "test_acc": percent(tested["test/acc"]),
+            "checkpoint": relative_best,  # the lab's next DDP stage starts from it on every rank
+            **distributed,
+        }
 
     # After test(ckpt_path=best) the module holds the best weights: that is the model we ship.
     state_dict_path = out_dir / FP32_STATE_DICT
@@ -94,7 +100,7 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         "test_loss": tested["test/loss"],
         "size_mib": file_size_mib(state_dict_path),
         "state_dict": FP32_STATE_DICT,
-        "checkpoint": str(Path(best_path).relative_to(out_dir)) if best_path else None,
+        "checkpoint": relative_best,
         "device": str(trainer.strategy.root_device),
         **distributed,
         "seed": cfg.seed,
