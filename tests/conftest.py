@@ -85,6 +85,18 @@ def tiny_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]
 
 
 # The tiny lab (FP32 -> PTQ pot -> QAT pot), shared by the lab, report and TensorBoard tests.
+# The shortest lab over any data and model: one epoch per training stage, no latency timing.
+SHORTEST_LAB = [
+    "trainer.max_epochs=1",
+    "scheduler.warmup_epochs=0",
+    "lab.qat.epochs=1",
+    "lab.qat.freeze_bn_epoch=0",
+    "lab.qat.freeze_observer_epoch=1",
+    "lab.ptq.calibration_batches=2",
+    "lab.ptq.measure_latency=false",
+    "lab.qat.measure_latency=false",
+]
+
 TINY_LAB = [
     *TINY,
     "trainer.max_epochs=2",

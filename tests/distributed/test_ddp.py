@@ -23,7 +23,7 @@ from labquant.data.synthetic import SyntheticDataModule
 from labquant.data.tensors import EpochSeededRandomSampler, ShardedSequentialSampler
 from labquant.models.resnet import small_resnet
 from labquant.tasks.evaluate import evaluate
-from tests.conftest import TINY
+from tests.conftest import SHORTEST_LAB, TINY
 from tests.reliability.runs import LAB, QUANTIZE, TRAIN, assert_ok, results, run_cli
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
@@ -245,14 +245,7 @@ def test_lab_under_ddp_runs_fp32_and_qat_on_two_processes_and_reports(tmp_path: 
         LAB,
         *TINY,
         *DDP,
-        "trainer.max_epochs=1",
-        "scheduler.warmup_epochs=0",
-        "lab.qat.epochs=1",
-        "lab.qat.freeze_bn_epoch=0",
-        "lab.qat.freeze_observer_epoch=1",
-        "lab.ptq.calibration_batches=2",
-        "lab.ptq.measure_latency=false",
-        "lab.qat.measure_latency=false",
+        *SHORTEST_LAB,
         run_dir=run_dir,
         timeout=600,
     )

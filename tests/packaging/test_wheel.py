@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SHORTEST_LAB
 
 # What a wheel is built from. The build runs in a copy of these, not in the repository: an
 # in-tree build leaves build/ behind, and setuptools reuses build/lib, so a module deleted from
@@ -28,14 +28,7 @@ LAB = [
     "model=small",
     "model.layers=[1]",
     "model.base_width=8",
-    "trainer.max_epochs=1",
-    "scheduler.warmup_epochs=0",
-    "lab.qat.epochs=1",
-    "lab.qat.freeze_bn_epoch=0",
-    "lab.qat.freeze_observer_epoch=1",
-    "lab.ptq.calibration_batches=2",
-    "lab.ptq.measure_latency=false",
-    "lab.qat.measure_latency=false",
+    *SHORTEST_LAB,
     "callbacks.progress_bar=null",
     "trainer.enable_model_summary=false",
 ]
