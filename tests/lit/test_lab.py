@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from labquant.tasks.lab import run_lab
 from tests.conftest import TINY_LAB, compose_config
@@ -55,3 +56,11 @@ def test_rerun_in_the_same_folder_skips_finished_stages(lab_dir: Path) -> None:
     run_lab(compose_config("lab", LAB, lab_dir))
     assert {p: p.stat().st_mtime_ns for p in lab_dir.glob("*/results.json")} == stamps
     assert (lab_dir / "report.md").is_file()
+
+
+def test_report_names_the_cpu_and_its_isa_beside_the_speed_figures(lab_dir: Path) -> None:
+    """int8 / FP32 ratios differ threefold between AVX2 and AVX-512 VNNI CPUs."""
+    stage = json.loads((lab_dir / "ptq_pot" / "results.json").read_text())
+    isa = stage["cpu"]["isa"]
+    assert isa.startswith(torch.backends.cpu.get_cpu_capability())
+    assert f"({isa})" in (lab_dir / "report.md").read_text()

@@ -32,6 +32,7 @@ from labquant.quant.backend import QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib, write_json
 from labquant.reports.curves import plot_loss_accuracy
+from labquant.reports.machine import cpu
 from labquant.reports.table import worst_layers
 from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
@@ -165,6 +166,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         # The deployed form of each: the backend's int8 artifact, eager FP32.
         results["latency"] = cpu_latency(int8)
         results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
+        results["cpu"] = cpu()  # the ISA decides the int8 / FP32 ratio: reports name it
     metrics_csv = out_dir / "metrics.csv" if qat else None
     weights = layer_weights(prepared, [layer["name"] for layer in layers])
     log_stage(cfg, results, metrics_csv=metrics_csv, weights=weights)

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import operator
 import os
-import platform
 from typing import Any
 
 import torch
 
 from labquant.errors import ConfigError
+from labquant.reports.machine import cpu
 
 _OPERATORS = {">=": operator.ge, "<=": operator.le}
 
 
 def machine() -> dict[str, Any]:
     """Where the figures come from: absolute numbers mean nothing without it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    processor = cpu()
     return {
-        "cpu": cpu,
+        "cpu": processor["name"],
+        "isa": processor["isa"],
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
@@ -101,7 +97,8 @@ def markdown(results: dict[str, Any], qconfigs: list[str]) -> str:
     out = [
         "# labquant-bench",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"Machine: {m['cpu']} ({m.get('isa', 'ISA not recorded')}), {m['cores']} cores "
+        f"({m['torch_threads']} torch threads), "
         f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}. Quick: {results['quick']}. "
         f"Wall time: {results['wall_time_s']:.0f} s.",
         "",
