@@ -59,3 +59,14 @@ def serialized_mib(obj: Any, save: Callable[[Any, IO[bytes]], None] = torch.save
     buffer = io.BytesIO()
     save(obj, buffer)
     return buffer.getbuffer().nbytes / 2**20
+
+
+def completed_results(folder: Path) -> dict[str, Any] | None:
+    """folder/results.json when it says the run is complete, else None (missing, damaged,
+    failed): what makes a run skipped, protected, or a row of a report."""
+    path = Path(folder) / "results.json"
+    try:
+        results = read_json(path) if path.is_file() else None
+    except ValueError:
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "complete" else None

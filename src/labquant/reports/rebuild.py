@@ -12,7 +12,7 @@ from typing import Any
 
 from labquant.errors import UserError
 from labquant.reports.ablation import job_dirs, write_ablation
-from labquant.reports.artifacts import read_json
+from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.curves import plot_loss_accuracy
 from labquant.reports.table import stage_row, write_lab_report
 
@@ -60,7 +60,7 @@ def lab_notes(stage_results: dict[str, dict[str, Any]]) -> list[str]:
 
 def with_export(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """A stage's results plus its labquant-export results (<stage>/export/), when it ran."""
-    exported = _complete(stage_dir / "export" / "results.json")
+    exported = completed_results(stage_dir / "export")
     return {**results, "export": exported} if exported else results
 
 
@@ -80,14 +80,6 @@ def bitexact_note(stage: str, results: dict[str, Any]) -> str:
     )
 
 
-def _complete(path: Path) -> dict[str, Any] | None:
-    try:
-        results = read_json(path) if path.is_file() else None
-    except ValueError:
-        return None
-    return results if isinstance(results, dict) and results.get("status") == "complete" else None
-
-
 def _stage_order(stage_dir: Path, results: dict[str, Any]) -> tuple:
     return (results.get("stage") != "fp32", str(results.get("qconfig")), stage_dir.name)
 
@@ -104,7 +96,8 @@ def lab_stage_results(lab_dir: Path) -> dict[str, dict[str, Any]]:
     found = {
         path.parent.name: results
         for path in sorted(lab_dir.glob("*/results.json"))
-        if (results := _complete(path)) is not None and _is_lab_stage(path.parent.name, results)
+        if (results := completed_results(path.parent)) is not None
+        and _is_lab_stage(path.parent.name, results)
     }
     order: list[str] = []
     report = lab_dir / "report.json"
@@ -143,7 +136,7 @@ def rebuild_report(folder: Path | str) -> Path:
         write_lab(folder, stage_results)
         return folder / "report.md"
     jobs = job_dirs(folder)
-    if any(_complete(job / "results.json") is not None for job in jobs):
+    if any(completed_results(job) is not None for job in jobs):
         write_ablation(folder)
         return folder / "ablation.md"
     raise UserError(f"folder={folder} holds no complete results.json; {FIX}")

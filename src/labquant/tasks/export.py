@@ -21,8 +21,7 @@ from labquant.hw import reference
 from labquant.hw.golden import write_golden
 from labquant.hw.program import check_program
 from labquant.quant.qconfigs import QConfigSpec
-from labquant.reports.artifacts import read_json, write_json
-from labquant.tasks.runner import completed_results
+from labquant.reports.artifacts import completed_results, read_json, write_json
 
 FIX_STAGE = "pass stage_dir=<lab>/ptq_pot (a complete PTQ or QAT stage of a pot qconfig)"
 BATCH = 128

@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from labquant.config.groups import load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
-from labquant.reports.artifacts import read_json
+from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
 from labquant.tasks.checks import check_train_checkpoint
 from labquant.tasks.export import export
 from labquant.tasks.quantize import quantize
-from labquant.tasks.runner import completed_results, is_global_zero
+from labquant.tasks.runner import is_global_zero
 from labquant.tasks.train import fit_fp32
 
 log = logging.getLogger(__name__)

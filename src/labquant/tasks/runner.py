@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from labquant.config.resolvers import register_resolvers
 from labquant.errors import ConfigError, DataError, UserError
-from labquant.reports.artifacts import read_json, write_json
+from labquant.reports.artifacts import completed_results, write_json
 
 log = logging.getLogger(__name__)
 # Raised by the checks before any work (loading settings, data and checkpoints): a single run
@@ -63,15 +63,6 @@ def share_cores() -> None:
     threads = _job_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-
-
-def completed_results(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "results.json"
-    try:
-        results = read_json(path) if path.is_file() else None
-    except ValueError:
-        return None
-    return results if results and results.get("status") == "complete" else None
 
 
 def write_failure(out_dir: Path, error: BaseException, overwrite: bool = False) -> bool:
