@@ -66,8 +66,8 @@ def with_export(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 def bitexact_note(stage: str, results: dict[str, Any]) -> str:
     """One line of the lab report: the integer reference against torch's int8 model."""
-    isa = results.get("isa") or {}
-    cpu = f"{isa.get('torch_capability')}, VNNI: {', '.join(isa.get('vnni') or []) or 'no'}"
+    machine = results.get("isa") or {}  # reports/machine.cpu(): name and ISA
+    cpu = f"{machine.get('name')}, {machine.get('isa')}"
     return (
         f"{stage}/export: integer-only reference (hardware semantics, {results['rounding']}) "
         f"test acc {results['hw_test_acc']} % vs torch int8 {results['torch_test_acc']} %; "

@@ -4,7 +4,6 @@ set), golden vectors."""
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,10 @@ from labquant.hw.golden import write_golden
 from labquant.hw.program import check_program
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json, write_json
+from labquant.reports.machine import cpu
 
 FIX_STAGE = "pass stage_dir=<lab>/ptq_pot (a complete PTQ or QAT stage of a pot qconfig)"
 BATCH = 128
-
-
-def cpu_isa() -> dict[str, Any]:
-    """What decides torch's int8 arithmetic on this CPU (VNNI: exact int32 sums)."""
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return {
-        "cpu": model,
-        "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "vnni": vnni,
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-    }
 
 
 def load_stage(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
@@ -163,7 +141,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(out_dir / "integer_model.json", summary)
     figures, _ = compare(exported, images, y_test.cpu().numpy(), cfg.rounding)
-    figures = {"isa": cpu_isa(), "int8_engine": exported.engine, **figures}
+    figures = {"isa": cpu(), "int8_engine": exported.engine, **figures}
     write_json(out_dir / "bitexact.json", figures)
     if cfg.golden:
         n = min(cfg.golden, len(images))

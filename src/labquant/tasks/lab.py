@@ -79,6 +79,10 @@ def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> di
         return done
     log.info("stage %s -> %s", name, stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if is_global_zero():  # the stage's config, where a standalone run's Hydra keeps it: what
+        # labquant-export (stage_dir=<lab>/ptq_pot) rebuilds the stage's network from
+        (stage_dir / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(stage_cfg, stage_dir / ".hydra" / "config.yaml")
     return run(stage_cfg)
 
 
