@@ -103,6 +103,7 @@ def check_max_shift_amount(value: Any) -> int:
 
 
 ModelName = Annotated[str, AfterValidator(choice_of("model"))]
+BackendName = Annotated[str, AfterValidator(choice_of("backend"))]
 
 
 def cross_field_error(field: str, reason: str, fix: str) -> PydanticCustomError:
@@ -204,10 +205,13 @@ class QConfig(Settings):
 
 class Backend(Settings):
     name: str = setting("eager")
+    compile: bool = setting(True)  # pt2e: run the int8 program through Inductor
+    onnx: bool = setting(True)  # pt2e: also write model_int8.onnx (with the [export] extra)
 
 
 class Lab(Settings):
     qconfigs: list[QConfigName] = setting(["pot"], min_length=1)
+    backends: list[BackendName] = setting(["eager"], min_length=1)
     ptq: Quant = setting("ptq", default=...)
     qat: Quant = setting("qat", default=...)
     export: bool = setting(True)  # labquant-export on each power-of-two stage

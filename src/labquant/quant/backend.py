@@ -71,6 +71,11 @@ class QuantBackend(Protocol):
         """The deployable model that `save` wrote into `folder` (`saved`: what it returned)."""
         ...
 
+    def runtimes(self, folder: Path, saved: dict[str, Any]) -> dict[str, Int8Model]:
+        """Other runtimes of the saved artifacts by name (pt2e: `onnxruntime` on the .onnx
+        file), each tested on the test set beside the int8 model; empty when there are none."""
+        ...
+
     def artifact_sizes(self, int8: Int8Model) -> dict[str, float]:
         """MiB of each saved form, measured in memory (the benchmark's `sizes`); `int8_mib` is
         the int8 weights file that `size_mib` in results.json measures."""

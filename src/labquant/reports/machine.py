@@ -33,3 +33,11 @@ def cpu_isa() -> str:
 def cpu() -> dict[str, str]:
     """{"name": model name, "isa": cpu_isa()} for results.json and reports."""
     return {"name": _cpuinfo()[0], "isa": cpu_isa()}
+
+
+def has_vnni() -> bool:
+    """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): without them x86 int8
+    kernels sum u8 x s8 pairs in int16 with saturation, so 8-bit activations can overflow and
+    torch's x86 qconfigs use 7 (`reduce_range`)."""
+    _, flags = _cpuinfo()
+    return any(flag in flags for flag, _ in _INT8_FLAGS)

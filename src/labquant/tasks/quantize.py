@@ -136,6 +136,9 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     int8 = backend.convert(prepared, batch)
     test_acc, test_loss, confusion = evaluate_confusion(int8, dm.eval_dataloader())
     saved = backend.save(int8, out_dir)
+    for runtime, deployed in backend.runtimes(out_dir, saved).items():
+        acc, _, _ = evaluate_confusion(deployed, dm.eval_dataloader())
+        saved[f"{runtime}_test_acc"] = round(acc, 4)  # the same file, another runtime
     layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
     results: dict[str, Any] = {
         "stage": cfg.quant.mode,

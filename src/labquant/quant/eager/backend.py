@@ -144,6 +144,10 @@ class EagerBackend:
         program = integer.integer_program(module, image_hw, clamp)
         return integer.IntegerExport(module.eval(), program, engine)
 
+    def runtimes(self, folder: Path, saved: dict[str, Any]) -> dict[str, Any]:
+        """The TorchScript file is the only runtime of an eager int8 model."""
+        return {}
+
     def artifact_sizes(self, int8: EagerInt8Model) -> dict[str, float]:
         sizes = {"torchscript_mib": serialized_mib(int8.script, save_torchscript)}
         if int8.module is not None:

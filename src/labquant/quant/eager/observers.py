@@ -15,42 +15,9 @@ from torch.ao.quantization.observer import MinMaxObserver
 
 from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
+from labquant.quant.pot import clamp_status, power_of_two_qparams, scale_approximate
 
-
-def _shift_amount(scale: Tensor) -> Tensor:
-    """-log2(scale) with NaN mapped to 0 (see scale_approximate); 0 -> +inf, inf -> -inf."""
-    shift = -torch.log2(scale.detach().to(torch.float32))
-    return torch.nan_to_num(shift, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
-
-
-def scale_approximate(scale: Tensor, max_shift_amount: int = 8) -> Tensor:
-    """Nearest power of two in the log domain, clamped to the shifts the hardware has.
-
-    Degenerate scales still give a usable one, because a crash here would kill a long training
-    run at its last step: 0 / subnormal -> 2**-max_shift_amount (finest), inf / huge -> 1.0
-    (coarsest). NaN (or a negative scale) also -> 1.0: it comes from statistics that blew up
-    (inf - inf, diverged activations), i.e. the same situation as an infinite range.
-    """
-    max_shift_amount = check_max_shift_amount(max_shift_amount)
-    shift = torch.clamp(_shift_amount(scale), 0, max_shift_amount).round()
-    return torch.exp2(-shift)  # exact for integer exponents in float32's normal range
-
-
-def clamp_status(scale: Tensor, max_shift_amount: int = 8) -> str:
-    """Which side of the shift range a raw (not yet rounded) scale fell off.
-
-    "overflow": -log2(scale) < 0, the range needs a scale above 1.0, so values saturate.
-    "underflow": -log2(scale) > max_shift_amount, a finer scale than the shifter can reach,
-    so precision is lost (values are still representable). NaN counts as overflow, matching
-    scale_approximate. For several scales, overflow wins over underflow (it is the worse one).
-    """
-    max_shift_amount = check_max_shift_amount(max_shift_amount)
-    shift = _shift_amount(scale)
-    if bool((shift < 0).any()) or bool(torch.isnan(scale).any()):
-        return "overflow"
-    if bool((shift > max_shift_amount).any()):
-        return "underflow"
-    return "ok"
+__all__ = ["CusQuantObserver", "PotFakeQuantize", "clamp_status", "scale_approximate"]
 
 
 class CusQuantObserver(MinMaxObserver):
@@ -124,37 +91,10 @@ class CusQuantObserver(MinMaxObserver):
         self.max_val.copy_(torch.fmax(max_cur, self.max_val))
         return x_orig
 
-    def _symmetric_zero_point(self) -> Tensor:
-        """128 for quint8 0..255, 0 for qint8.
-
-        torch picks (qmin + qmax) // 2 = 127 when quant_min/quant_max are passed explicitly, as
-        FakeQuantize always does, but 128 otherwise; PTQ and QAT would then disagree by one.
-        """
-        zp = (self.quant_min + self.quant_max + 1) // 2 if self.dtype == torch.quint8 else 0
-        zp = 0 if self.unsigned else zp
-        return torch.tensor([zp], dtype=torch.int64, device=self.min_val.device)
-
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """MinMaxObserver's symmetric scale, rounded to 2**-n; never raises on odd statistics.
-
-        Tensor ops only, no `if tensor:`: in GPU QAT this runs for every fake-quant module at
-        every step, and each host read would stall the device (torch's own version has three).
-        """
-        zero_point = self._symmetric_zero_point()
-        observed = self.min_val <= self.max_val  # False before any data (min=inf, max=-inf)
-        max_abs = torch.max(-self.min_val.clamp(max=0.0), self.max_val.clamp(min=0.0))
-        # torch's symmetric formula: max|x| over half the integer range, at least eps;
-        # unsigned: max(x, 0) over the whole range (negative values clamp to code 0).
-        half_range = (self.quant_max - self.quant_min) / 2
-        if self.unsigned:
-            max_abs, half_range = self.max_val.clamp(min=0.0), self.quant_max - self.quant_min
-        raw_scale = torch.max(max_abs / half_range, self.eps.reshape(()))
-        shift = _shift_amount(raw_scale)
-        counts = observed & (max_abs > 0)  # an all-zero tensor loses no precision
-        self.clamp_overflow |= counts & ((shift < 0) | torch.isnan(raw_scale))
-        self.clamp_underflow |= counts & (shift > self.max_shift_amount)
-        scale = torch.where(observed, scale_approximate(raw_scale, self.max_shift_amount), 1.0)
-        return scale.reshape(1), zero_point
+        """MinMaxObserver's symmetric scale, rounded to 2**-n (quant/pot.py, shared with the
+        PT2E observer); never raises on odd statistics, never syncs with the host."""
+        return power_of_two_qparams(self)
 
     @property
     def clamp_status(self) -> str:

@@ -1,0 +1,218 @@
+"""`backend=pt2e`: QuantBackend on torch.export + torchao (prepare_pt2e / prepare_qat_pt2e /
+convert_pt2e).
+
+The float model is captured with `torch.export`, annotated by a torchao Quantizer (quantizer.py),
+observed or fake-quantized inside Lightning's loops like eager, then converted to a Q/DQ graph
+and re-exported: `model_int8.pt2` (torch.export.save, loadable without labquant once torchao is
+imported) is what ships; `model_int8.onnx` (QuantizeLinear / DequantizeLinear) beside it when
+the `[export]` extra is installed. On the CPU the program runs through torch.compile with
+Inductor (freezing on), which lowers the Q/DQ patterns to oneDNN int8 kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.fx import GraphModule
+from torchao.quantization.pt2e import FakeQuantizeBase
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+from labquant.errors import ConfigError
+from labquant.quant.pt2e import graph, inspect, onnx_export
+from labquant.quant.pt2e.quantizer import quantizer_for
+from labquant.quant.qconfigs import QConfigSpec
+from labquant.reports.artifacts import file_size_mib, write_atomic
+from labquant.reports.machine import has_vnni
+
+INT8_PT2 = "model_int8.pt2"
+INT8_ONNX = "model_int8.onnx"
+SUPPORTED_ENGINES = ("x86", "fbgemm")  # what X86InductorQuantizer / Inductor's lowering target
+_SPEC_ATTR = "_labquant_qconfig"
+FIX_FILE = "pass stage_dir / int8 path of a complete backend=pt2e stage (rerun labquant-quantize)"
+
+
+@dataclass
+class PT2EInt8Model:
+    """The converted, re-exported int8 program; calling it runs Inductor's int8 kernels.
+
+    Each batch shape is compiled once (30-60 s with freezing on 2 cores); a batch smaller than
+    one already compiled is padded to it (the last batch of an evaluation) instead of paying
+    another compile. `compile=False` runs the Q/DQ graph as it is (float simulation, slow).
+    """
+
+    program: torch.export.ExportedProgram
+    qconfig: str
+    compile: bool = True
+    _module: nn.Module | None = field(default=None, repr=False)
+    _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def module(self) -> nn.Module:
+        if self._module is None:
+            self._module = self.program.module()
+        return self._module
+
+    def _runner(self, batch: int) -> tuple[Any, int]:
+        if not self.compile:
+            return self.module, batch
+        if batch in self._compiled:
+            return self._compiled[batch], batch
+        larger = [b for b in self._compiled if b > batch > 1]
+        if larger:
+            size = min(larger)
+            return self._compiled[size], size
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        self._compiled[batch] = torch.compile(copy.copy(self.module), dynamic=False)
+        return self._compiled[batch], batch
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.detach().cpu().contiguous()
+        run, size = self._runner(len(x))
+        with torch.no_grad():
+            if size == len(x):
+                return run(x)
+            padded = torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])
+            return run(padded)[: len(x)]
+
+
+class PT2EBackend:
+    """torch.export + torchao PT2E, behind the QuantBackend interface."""
+
+    name = "pt2e"
+
+    def __init__(self, compile: bool = True, onnx: bool = True) -> None:
+        self.compile = bool(compile)
+        self.onnx = bool(onnx)
+
+    def check(self, qconfig: QConfigSpec) -> None:
+        if not qconfig.power_of_two and qconfig.engine not in SUPPORTED_ENGINES:
+            raise ConfigError(
+                f"backend=pt2e does not support qconfig={qconfig.name} (engine "
+                f"{qconfig.engine}): torchao's X86InductorQuantizer targets x86; use qconfig=x86, "
+                "pot or pot_unsigned, or backend=eager"
+            )
+
+    def _prepare(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor, qat: bool):
+        self.check(qconfig)
+        net.train(qat)
+        captured = graph.capture(net, example)
+        quantizer = quantizer_for(qconfig, qat=qat, reduce_range=not has_vnni())
+        prepare = prepare_qat_pt2e if qat else prepare_pt2e
+        prepared = graph.allow_train_eval(prepare(captured, quantizer))
+        setattr(prepared, _SPEC_ATTR, qconfig)
+        return prepared.train(qat)
+
+    def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
+        return self._prepare(net, qconfig, example, qat=False)
+
+    def prepare_qat(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
+        return self._prepare(net, qconfig, example, qat=True)
+
+    def is_prepared(self, net: nn.Module) -> bool:
+        return isinstance(net, GraphModule) and hasattr(net, _SPEC_ATTR)
+
+    def set_observers(self, net: nn.Module, enabled: bool) -> None:
+        for m in net.modules():
+            if isinstance(m, FakeQuantizeBase):
+                m.enable_observer(enabled)
+
+    def freeze_bn_stats(self, net: nn.Module) -> None:
+        graph.freeze_batch_norm_stats(net)
+
+    def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
+        return inspect.fake_quant_scales(net)
+
+    def convert(self, prepared: nn.Module, example: Tensor) -> PT2EInt8Model:
+        qconfig: QConfigSpec = getattr(prepared, _SPEC_ATTR)
+        training = prepared.training
+        work = copy.deepcopy(prepared).cpu()
+        prepared.train(training)
+        work.eval()
+        converted = convert_pt2e(work)
+        if qconfig.power_of_two and qconfig.snap_bias:
+            inspect.snap_biases(converted)
+        graph.drop_unused_state(converted)
+        example = example[:2].detach().cpu().clone()  # not a view: export would store its base
+        program = torch.export.export(
+            converted, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
+        )
+        strip_debug_metadata(program)
+        return PT2EInt8Model(program=program, qconfig=qconfig.name, compile=self.compile)
+
+    def layer_table(
+        self, fp32_net: nn.Module, prepared: nn.Module, int8: PT2EInt8Model, batch: Tensor
+    ) -> list[dict[str, Any]]:
+        return inspect.layer_table(fp32_net, prepared, int8.module, batch)
+
+    def save(self, int8: PT2EInt8Model, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        pt2 = folder / INT8_PT2
+        data = pt2_bytes(int8.program)  # archive named "archive", not after a temporary file
+        write_atomic(pt2, lambda tmp: tmp.write_bytes(data))
+        saved: dict[str, Any] = {
+            "size_mib": file_size_mib(pt2),
+            "int8_pt2": INT8_PT2,
+            "int8_engine": "inductor",
+        }
+        if self.onnx and onnx_export.available():
+            path = folder / INT8_ONNX
+            write_atomic(path, lambda tmp: onnx_export.export_onnx(int8.program, tmp))
+            saved["int8_onnx"] = INT8_ONNX
+            saved["onnx_size_mib"] = file_size_mib(path)
+        return saved
+
+    def load(self, folder: Path, saved: dict[str, Any]) -> PT2EInt8Model:
+        return PT2EInt8Model(
+            program=load_pt2(folder / saved.get("int8_pt2", INT8_PT2)),
+            qconfig=str(saved.get("qconfig", "")),
+            compile=self.compile,
+        )
+
+    def runtimes(self, folder: Path, saved: dict[str, Any]) -> dict[str, Any]:
+        """Other runtimes of the saved artifacts, tested like the int8 model: ONNX Runtime on
+        model_int8.onnx."""
+        if "int8_onnx" not in saved:
+            return {}
+        return {"onnxruntime": onnx_export.OnnxInt8Model(folder / saved["int8_onnx"])}
+
+    def artifact_sizes(self, int8: PT2EInt8Model) -> dict[str, float]:
+        pt2 = len(pt2_bytes(int8.program)) / 2**20
+        return {"pt2_mib": pt2, "int8_mib": pt2}
+
+
+DEBUG_METADATA = ("stack_trace", "from_node", "torch_fn")
+
+
+def strip_debug_metadata(program: torch.export.ExportedProgram) -> None:
+    """Drop what only a debugger reads (source stack traces, provenance) and the example
+    inputs: a third of a small model's .pt2 otherwise. `nn_module_stack` stays: layer names."""
+    for node in program.graph.nodes:
+        for key in DEBUG_METADATA:
+            node.meta.pop(key, None)
+    program.example_inputs = None
+
+
+def pt2_bytes(program: torch.export.ExportedProgram) -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def load_pt2(path: Path) -> torch.export.ExportedProgram:
+    """torch.export.load with the one-line error for a missing or damaged file (torchao is
+    imported by this module: a converted program's Q/DQ ops are registered by it)."""
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; {FIX_FILE}")
+    try:
+        return torch.export.load(path)
+    except Exception as exc:  # zip / pickle / schema errors all mean "not a .pt2 program"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path} is not a readable .pt2 program ({reason}); {FIX_FILE}") from exc

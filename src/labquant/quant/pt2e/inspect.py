@@ -1,0 +1,240 @@
+"""What a PT2E int8 graph is made of: per-layer qparams, power-of-two clamp hits and SQNR
+(the eager layer table's columns), fake-quant scales for logs, and bias snapping.
+
+Layers are the converted graph's conv / linear nodes, named by the module they came from
+(`nn_module_stack`), so the names match the eager backend's and the FP32 model's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.fx import GraphModule, Interpreter, Node
+from torchao.quantization.pt2e import FakeQuantizeBase, ObserverBase
+
+from labquant.quant.eager.inspect import sqnr_db
+
+aten = torch.ops.aten
+MATMULS = (aten.conv2d.default, aten.linear.default)
+QUANTIZE = "quantize_per_tensor"
+DEQUANTIZE = "dequantize_per"
+
+
+def module_name(node: Node) -> str | None:
+    """The FQN of the module a node was traced from (`layer1.0.conv1`), if recorded."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    fqn = list(stack.values())[-1][0]
+    return fqn.replace("L['self'].", "").replace("L__self___", "") or None
+
+
+def _is(node: Any, fragment: str) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and fragment in str(node.target)
+
+
+def _const(gm: GraphModule, node: Any) -> Any:
+    if isinstance(node, Node) and node.op == "get_attr":
+        return (
+            gm.get_parameter(node.target)
+            if node.target in dict(gm.named_parameters())
+            else (getattr_path(gm, node.target))
+        )
+    return node
+
+
+def getattr_path(gm: nn.Module, target: str) -> Any:
+    owner = gm
+    for part in target.split("."):
+        owner = getattr(owner, part)
+    return owner
+
+
+def _output_quantize(node: Node) -> Node | None:
+    """The quantize node that ends a conv / linear's fused chain (conv -> [relu] -> quantize)."""
+    current = node
+    for _ in range(4):
+        users = list(current.users)
+        if len(users) != 1:
+            return None
+        current = users[0]
+        if _is(current, QUANTIZE):
+            return current
+    return None
+
+
+def _matmuls(gm: GraphModule) -> list[tuple[str, Node]]:
+    seen: dict[str, int] = {}
+    found = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in MATMULS:
+            name = module_name(node) or node.name
+            seen[name] = seen.get(name, 0) + 1
+            found.append((name if seen[name] == 1 else f"{name}#{seen[name]}", node))
+    return found
+
+
+def _qparams(gm: GraphModule, dq: Any) -> tuple[Any, Any]:
+    """(scale, zero point) of a dequantize node, as Python numbers or lists."""
+    if not _is(dq, DEQUANTIZE):
+        return None, None
+    scale, zero_point = _const(gm, dq.args[1]), _const(gm, dq.args[2])
+    if isinstance(scale, Tensor):
+        scale = scale.detach().flatten().tolist()
+        scale = scale[0] if len(set(scale)) == 1 else scale
+    if isinstance(zero_point, Tensor):
+        zero_point = zero_point.detach().flatten().tolist()
+        zero_point = zero_point[0] if len(set(zero_point)) == 1 else zero_point
+    return scale, zero_point
+
+
+def snap_biases(gm: GraphModule) -> int:
+    """Put every float bias on its accumulator grid, round(b / (s_in * s_w)) * s_in * s_w:
+    the int32 bias a shift-only accelerator adds (QAT biases come from BN folding at convert,
+    after annotation, so no DerivedQuantizationSpec could quantize them). Returns how many
+    values moved."""
+    moved = 0
+    for _, node in _matmuls(gm):
+        bias = node.args[2] if len(node.args) > 2 else None
+        if not (isinstance(bias, Node) and bias.op == "get_attr"):
+            continue
+        s_in, _ = _qparams(gm, node.args[0])
+        s_w, _ = _qparams(gm, node.args[1])
+        if not isinstance(s_in, float) or not isinstance(s_w, float):
+            continue
+        grid = s_in * s_w
+        value = getattr_path(gm, bias.target)
+        snapped = (torch.round(value.detach().double() / grid) * grid).to(value.dtype)
+        moved += int((snapped != value).sum())
+        with torch.no_grad():
+            value.copy_(snapped)
+    return moved
+
+
+def fake_quant_scales(gm: nn.Module) -> dict[str, float]:
+    """Every fake-quant scale, named by the tensor it quantizes (`conv1.weight`, `relu_3`)."""
+    scales: dict[str, float] = {}
+    targets = {}
+    if isinstance(gm, GraphModule):
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node.args and isinstance(node.args[0], Node):
+                source = node.args[0]
+                targets[node.target] = (
+                    source.target if source.op == "get_attr" else module_name(source) or source.name
+                )
+    for name, m in gm.named_modules():
+        scale = getattr(m, "scale", None)
+        if isinstance(m, FakeQuantizeBase) and isinstance(scale, Tensor) and scale.numel():
+            scales[str(targets.get(name, name))] = float(scale.max())
+    return scales
+
+
+def _observer_after(node: Node, gm: GraphModule) -> Any:
+    current = node
+    for _ in range(5):
+        users = list(current.users)
+        if not users:
+            return None
+        current = users[0]
+        if current.op == "call_module":
+            return gm.get_submodule(current.target)
+    return None
+
+
+def _status(observer: Any) -> str | None:
+    observer = getattr(observer, "activation_post_process", observer)
+    return getattr(observer, "clamp_status", None)
+
+
+def clamp_hits(prepared: nn.Module) -> dict[str, dict[str, str | None]]:
+    """Per layer of the prepared graph: did the power-of-two clamp trigger (None: no clamp)."""
+    hits: dict[str, dict[str, str | None]] = {}
+    if not isinstance(prepared, GraphModule):
+        return hits
+    for name, node in _matmuls(prepared):
+        weight = node.args[1]
+        weight_obs = (
+            prepared.get_submodule(weight.target)
+            if isinstance(weight, Node) and weight.op == "call_module"
+            else None
+        )
+        out = _observer_after(node, prepared)
+        if isinstance(out, (ObserverBase, FakeQuantizeBase)) or out is None:
+            hits[name] = {"activation": _status(out), "weight": _status(weight_obs)}
+    return hits
+
+
+class _Recorder(Interpreter):
+    def __init__(self, gm: GraphModule, wanted: dict[Node, str]) -> None:
+        super().__init__(gm)
+        self.wanted, self.values = wanted, {}
+
+    def run_node(self, n: Node) -> Any:
+        out = super().run_node(n)
+        if n in self.wanted:
+            self.values[self.wanted[n]] = out.detach()
+        return out
+
+
+def _fp32_outputs(fp32_net: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
+    """Each layer's output in the FP32 model fused as eager fuses it (conv+bn+relu in one
+    module), so it is the same tensor the int8 layer approximates."""
+    reference = copy.deepcopy(fp32_net).cpu().eval()
+    if hasattr(reference, "fuse_model"):
+        reference.fuse_model(is_qat=False)
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    modules = dict(reference.named_modules())
+    for name in names:
+        if name in modules:
+            handles.append(
+                modules[name].register_forward_hook(
+                    lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach())
+                )
+            )
+    try:
+        with torch.inference_mode():
+            reference(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def layer_table(
+    fp32_net: nn.Module, prepared: nn.Module, int8: nn.Module, batch: Tensor
+) -> list[dict[str, Any]]:
+    """results.json's `layers` for a PT2E int8 graph: the eager table's columns."""
+    gm = int8
+    layers = _matmuls(gm)
+    clamps = clamp_hits(prepared)
+    outputs: dict[Node, str] = {}
+    rows = []
+    for name, node in layers:
+        quantize = _output_quantize(node)
+        dequantize = next(iter(quantize.users), None) if quantize is not None else None
+        if dequantize is not None:
+            outputs[dequantize] = name
+        scale = float(quantize.args[1]) if quantize is not None else None
+        zero_point = int(quantize.args[2]) if quantize is not None else None
+        weight_scale, _ = _qparams(gm, node.args[1])
+        rows.append({
+            "name": name,
+            "type": "Conv2d" if node.target == aten.conv2d.default else "Linear",
+            "scale": scale,
+            "zero_point": zero_point,
+            "weight_scale": weight_scale,
+            "clamp": clamps.get(name, {"activation": None, "weight": None}),
+        })  # fmt: skip
+    recorder = _Recorder(gm, outputs)
+    with torch.inference_mode():
+        recorder.run(batch.cpu())
+    reference = _fp32_outputs(fp32_net, [row["name"] for row in rows], batch.cpu())
+    for row in rows:
+        ours, theirs = recorder.values.get(row["name"]), reference.get(row["name"])
+        sqnr = sqnr_db(theirs, ours) if ours is not None and theirs is not None else float("nan")
+        row["sqnr_db"] = round(sqnr, 3)
+    return rows

@@ -1,0 +1,207 @@
+"""Quantizers: what each `qconfig=` annotates in an exported graph.
+
+`x86` / `fbgemm` use torchao's X86InductorQuantizer (the kernels Inductor lowers to). The
+power-of-two qconfigs use `PowerOfTwoQuantizer`, labquant's own, with the same semantics as the
+eager pot qconfig: symmetric per-tensor int8 weights and 0..255 activations (zero point 128),
+scale 2**-n with 0 <= n <= max_shift_amount; conv(-bn)(-relu) and linear quantize their input,
+weight and output, the residual add quantizes both inputs and its (relu) output, pooling and
+flatten share their input's qparams, and a bias the graph already has is int32 at
+s_in * s_w (DerivedQuantizationSpec). `activations="unsigned"` makes every post-ReLU output
+0..255 with zero point 0.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantizer import (
+    DerivedQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
+
+from labquant.quant.pt2e.observers import PotFakeQuantize, PotObserver, PotWeightObserver
+from labquant.quant.qconfigs import QConfigSpec
+
+ANNOTATION = "quantization_annotation"
+aten = torch.ops.aten
+MATMULS = (aten.conv2d.default, aten.linear.default)
+NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+RELUS = (aten.relu.default, aten.relu_.default)
+ADDS = (aten.add.Tensor, aten.add_.Tensor)
+# Ops whose output keeps the input's qparams (eager's quantized avgpool / flatten do the same).
+PASS_THROUGH = (
+    aten.adaptive_avg_pool2d.default,
+    aten.mean.dim,
+    aten.flatten.using_ints,
+    aten.view.default,
+    aten.reshape.default,
+    aten.max_pool2d.default,
+)
+
+
+def _spec(qat: bool, max_shift: int, signed: bool, unsigned: bool = False) -> QuantizationSpec:
+    """Weights (`signed`): int8 -128..127, one 2**-n per tensor written per channel (see
+    PotWeightObserver); activations: 0..255, zero point 128 (0 when `unsigned`)."""
+    observer = PotWeightObserver if signed else PotObserver
+    kwargs: dict[str, Any] = {"max_shift_amount": max_shift}
+    dtype = torch.int8 if signed else torch.uint8
+    qmin, qmax = (-128, 127) if signed else (0, 255)
+    if signed:
+        qscheme, ch_axis = torch.per_channel_symmetric, 0
+    else:
+        kwargs["unsigned"] = unsigned
+        qscheme = torch.per_tensor_affine if unsigned else torch.per_tensor_symmetric
+        ch_axis = None
+    if qat:
+        kwargs.update(observer=observer, quant_min=qmin, quant_max=qmax, dtype=dtype)
+        kwargs.update(qscheme=qscheme, **({"ch_axis": 0} if signed else {}))
+    ctr = (PotFakeQuantize if qat else observer).with_args(**kwargs)
+    return QuantizationSpec(
+        dtype=dtype,
+        quant_min=qmin,
+        quant_max=qmax,
+        qscheme=qscheme,
+        ch_axis=ch_axis,
+        observer_or_fake_quant_ctr=ctr,
+    )
+
+
+def _bias_qparams(observers: list[Any]) -> tuple[Tensor, Tensor]:
+    """int32 bias on the accumulator grid: scale s_in * s_w (a power of two), zero point 0."""
+    act, weight = observers
+    act_scale, _ = act.calculate_qparams()
+    weight_scale, _ = weight.calculate_qparams()
+    scale = (act_scale.reshape(-1)[:1] * weight_scale.reshape(-1)[:1]).to(torch.float32)
+    return scale, torch.zeros(1, dtype=torch.int64, device=scale.device)
+
+
+def _only_user(node: Node) -> Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _follow(node: Node, targets: tuple[Any, ...]) -> Node | None:
+    """The single user of `node` when it is one of `targets` (through a getitem for ops that
+    return tuples), else None."""
+    user = _only_user(node)
+    if user is None:
+        return None
+    if user.target is operator.getitem:
+        user = _only_user(user)
+    return user if user is not None and user.target in targets else None
+
+
+class PowerOfTwoQuantizer(Quantizer):
+    """Annotates labquant's ResNets (and any conv / linear / add / relu / pool graph) with
+    power-of-two QuantizationSpecs; see the module docstring for the rules."""
+
+    def __init__(self, spec: QConfigSpec, qat: bool) -> None:
+        super().__init__()
+        shift = int(spec.max_shift_amount or 8)
+        self.qat = qat
+        self.act = _spec(qat, shift, signed=False)
+        self.weight = _spec(qat, shift, signed=True)
+        unsigned = spec.activations == "unsigned"
+        self.relu_out = _spec(qat, shift, signed=False, unsigned=True) if unsigned else self.act
+
+    def _input_spec(self, node: Node) -> Any:
+        """An edge from an annotated producer reuses its output spec (implicit sharing: one
+        observer per tensor); anything else, e.g. the graph input, gets the activation spec."""
+        produced = node.meta.get(ANNOTATION)
+        if produced is not None and produced.output_qspec is not None:
+            return produced.output_qspec
+        return self.act
+
+    def _output_chain(self, node: Node) -> tuple[list[Node], bool]:
+        """node -> [batch_norm] -> [relu]: the nodes fused into one quantized op."""
+        chain, relu = [node], False
+        norm = _follow(node, NORMS)
+        if norm is not None:
+            chain.append(norm)
+        after = _follow(chain[-1], RELUS)
+        if after is not None:
+            chain.append(after)
+            relu = True
+        return chain, relu
+
+    def _annotate_chain(self, chain: list[Node], inputs: dict[Node, Any], relu: bool) -> None:
+        first, last = chain[0], chain[-1]
+        out = self.relu_out if relu else self.act
+        first.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+        for middle in chain[1:-1]:
+            middle.meta[ANNOTATION] = QuantizationAnnotation(_annotated=True)
+        if last is first:
+            first.meta[ANNOTATION].output_qspec = out
+        else:
+            last.meta[ANNOTATION] = QuantizationAnnotation(output_qspec=out, _annotated=True)
+
+    def _annotate_matmul(self, node: Node) -> None:
+        act, weight = node.args[0], node.args[1]
+        inputs: dict[Node, Any] = {act: self._input_spec(act), weight: self.weight}
+        bias = node.args[2] if len(node.args) > 2 else None
+        if isinstance(bias, Node):
+            inputs[bias] = DerivedQuantizationSpec(
+                derived_from=[(act, node), (weight, node)],
+                derive_qparams_fn=_bias_qparams,
+                dtype=torch.int32,
+                quant_min=-(2**31),
+                quant_max=2**31 - 1,
+                qscheme=torch.per_tensor_symmetric,
+            )
+        chain, relu = self._output_chain(node)
+        self._annotate_chain(chain, inputs, relu)
+
+    def _annotate_add(self, node: Node) -> None:
+        operands = [a for a in node.args[:2] if isinstance(a, Node)]
+        inputs = {a: self._input_spec(a) for a in operands}
+        chain, relu = [node], False
+        after = _follow(node, RELUS)
+        if after is not None:
+            chain, relu = [node, after], True
+        self._annotate_chain(chain, inputs, relu)
+
+    def _annotate_pass_through(self, node: Node) -> None:
+        source = node.args[0]
+        if not isinstance(source, Node) or ANNOTATION not in source.meta:
+            return
+        node.meta[ANNOTATION] = QuantizationAnnotation(
+            input_qspec_map={source: self._input_spec(source)},
+            output_qspec=SharedQuantizationSpec((source, node)),
+            _annotated=True,
+        )
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        for node in model.graph.nodes:
+            if node.op != "call_function" or ANNOTATION in node.meta:
+                continue
+            if node.target in MATMULS:
+                self._annotate_matmul(node)
+            elif node.target in ADDS:
+                self._annotate_add(node)
+            elif node.target in PASS_THROUGH:
+                self._annotate_pass_through(node)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        pass
+
+
+def quantizer_for(spec: QConfigSpec, qat: bool, reduce_range: bool) -> Quantizer:
+    """The torchao Quantizer of a qconfig; `reduce_range`: 7-bit activations for the default
+    x86 config on CPUs without VNNI (u8 x s8 pair sums saturate int16 there)."""
+    if spec.power_of_two:
+        return PowerOfTwoQuantizer(spec, qat)
+    quantizer = X86InductorQuantizer()
+    config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
+    return quantizer.set_global(config)
