@@ -106,6 +106,7 @@ TINY_LAB = [
     "lab.qat.freeze_observer_epoch=1",
     "lab.ptq.calibration_batches=4",
     "lab.ptq.measure_latency=true",
+    "lab.ptq.fp32_paths=[eager]",  # an Inductor compile costs 30-60 s
 ]
 
 

@@ -16,7 +16,11 @@ from tests.conftest import QUANT_MODEL, compose_config
 
 
 def _quantize(tmp: Path, checkpoint: Path, *overrides: str) -> dict:
-    cfg = compose_config("quantize", [*QUANT_MODEL, f"ckpt_path={checkpoint}", *overrides], tmp)
+    cfg = compose_config(
+        "quantize",
+        [*QUANT_MODEL, f"ckpt_path={checkpoint}", "quant.fp32_paths=[eager]", *overrides],
+        tmp,
+    )
     return quantize(cfg)
 
 

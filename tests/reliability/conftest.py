@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.runs import FP32_RUN, QAT_RUN, QUANTIZE, TRAIN, assert_ok, run_cli
+from tests.reliability.runs import (
+    FP32_RUN,
+    PT2E_QAT_RUN,
+    QAT_RUN,
+    QUANTIZE,
+    TRAIN,
+    assert_ok,
+    run_cli,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,4 +36,12 @@ def qat_reference(tmp_path_factory: pytest.TempPathFactory, fp32_checkpoint: str
     """The QAT run of QAT_RUN on the reference checkpoint, straight through; its folder."""
     run_dir = tmp_path_factory.mktemp("qat_reference") / "run"
     assert_ok(run_cli(QUANTIZE, *QAT_RUN, fp32_checkpoint, run_dir=run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def pt2e_qat_reference(tmp_path_factory: pytest.TempPathFactory, fp32_checkpoint: str) -> Path:
+    """PT2E_QAT_RUN on the reference checkpoint, straight through; its folder."""
+    run_dir = tmp_path_factory.mktemp("pt2e_qat_reference") / "run"
+    assert_ok(run_cli(QUANTIZE, *PT2E_QAT_RUN, fp32_checkpoint, run_dir=run_dir))
     return run_dir

@@ -27,6 +27,8 @@ QAT_RUN = [
     "quant.freeze_observer_epoch=2",
     "quant.measure_latency=false",
 ]
+# The same QAT on backend=pt2e (exported graph; compile off: the Q/DQ graph runs as it is).
+PT2E_QAT_RUN = [*QAT_RUN, "backend=pt2e", "backend.compile=false", "backend.onnx=false"]
 FP32_METRICS = ("test_acc", "test_loss", "val_acc", "best_val_acc", "epochs")
 QAT_METRICS = ("test_acc", "test_loss", "fp32_test_acc", "acc_drop", "size_mib")
 

@@ -16,6 +16,7 @@ from tests.reliability.faults import SigkillAt, fault_overrides
 from tests.reliability.runs import (
     FP32_METRICS,
     FP32_RUN,
+    PT2E_QAT_RUN,
     QAT_METRICS,
     QAT_RUN,
     QUANTIZE,
@@ -124,3 +125,26 @@ def test_val_acc_best_survives_a_restore() -> None:
     older.on_load_checkpoint(old)
     older.load_state_dict(old["state_dict"])
     assert float(older.val_acc_best.compute()) == float("-inf")
+
+
+def _program_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from labquant.quant.pt2e.backend import load_pt2
+
+    program = load_pt2(path)
+    return {**program.state_dict, **program.constants}
+
+
+@pytest.mark.slow
+def test_pt2e_qat_run_killed_and_resumed_ends_like_an_uninterrupted_run(
+    pt2e_qat_reference: Path, fp32_checkpoint: str, tmp_path: Path
+) -> None:
+    """The exported graph's observers, fake-quant switches and frozen BatchNorm come back from
+    last.ckpt: the resumed run converts to the same int8 program, tensor for tensor."""
+    run_dir = tmp_path / "run"
+    kill_then_resume(QUANTIZE, [*PT2E_QAT_RUN, fp32_checkpoint], run_dir, "mid_epoch")
+    compare(pt2e_qat_reference, run_dir, QAT_METRICS, "pt2e QAT mid_epoch")
+    want = _program_tensors(pt2e_qat_reference / "model_int8.pt2")
+    got = _program_tensors(run_dir / "model_int8.pt2")
+    assert got.keys() == want.keys() and want
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name

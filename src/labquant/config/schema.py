@@ -183,6 +183,9 @@ class Quant(Settings):
     freeze_observer_epoch: NonNegInt = setting(4)
     freeze_bn_epoch: NonNegInt = setting(3)
     measure_latency: bool = setting(True)
+    fp32_paths: list[Literal["eager", "compiled", "onnxruntime"]] = setting(
+        ["eager", "compiled", "onnxruntime"], min_length=1
+    )
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> Quant:

@@ -30,6 +30,10 @@ class QuantBackend(Protocol):
 
     name: str
 
+    def check(self, qconfig: QConfigSpec) -> None:
+        """Refuse a qconfig this backend cannot realise (ConfigError), before any work."""
+        ...
+
     def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
         """Fuse (BN folded) and insert observers; the result is calibrated by running batches."""
         ...

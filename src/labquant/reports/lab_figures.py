@@ -25,7 +25,7 @@ def int8_stages(rows: list[dict[str, Any]], stage_results: dict[str, dict[str, A
     return [
         (stage_label(stage_results[row["dir"]]), stage_results[row["dir"]])
         for row in rows
-        if row["stage"] != "fp32" and row["dir"] in stage_results
+        if row["stage"] != "fp32" and row["dir"] in stage_results and not row.get("runtime")
     ]
 
 
@@ -74,6 +74,7 @@ def write_lab_figures(
     points = [
         (stage_label(stage_results.get(row["dir"], row)), row["size_mib"], row["test_acc"])
         for row in rows
+        if not row.get("runtime")
     ]
     save_figure(accuracy_size_figure(points), lab_dir / ACCURACY_SIZE)
     sections["accuracy_size"] = [

@@ -14,7 +14,7 @@ from labquant.errors import UserError
 from labquant.reports.ablation import job_dirs, write_ablation
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.curves import plot_loss_accuracy
-from labquant.reports.table import stage_row, write_lab_report
+from labquant.reports.table import best_fp32, runtime_names, stage_row, write_lab_report
 
 FIX = "pass a labquant-lab folder (its fp32/, ptq_*/, qat_*/ hold results.json) or a sweep folder"
 
@@ -24,9 +24,20 @@ def lab_rows(stage_results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     first_quant = next((r for key, r in stage_results.items() if key != "fp32"), {})
     rows = []
     if "fp32" in stage_results:
+        best = best_fp32(first_quant)
         fp32_latency = first_quant.get("fp32_latency")
-        rows.append(stage_row(stage_results["fp32"], "fp32", fp32_latency=fp32_latency))
-    rows += [stage_row(results, key) for key, results in stage_results.items() if key != "fp32"]
+        if best:  # the fastest FP32 path of the first int8 stage, per batch size
+            fp32_latency = {"latency_b1_ms": best["b1"][1], "img_s_b256": best["b256"][1]}
+        row = stage_row(stage_results["fp32"], "fp32", fp32_latency=fp32_latency)
+        if best:
+            paths = {best["b1"][0], best["b256"][0]}
+            row["fp32_path"] = " / ".join(sorted(paths)) if len(paths) > 1 else best["b1"][0]
+        rows.append(row)
+    for key, results in stage_results.items():
+        if key == "fp32":
+            continue
+        rows.append(stage_row(results, key))
+        rows += [stage_row(results, key, runtime=name) for name in runtime_names(results)]
     return rows
 
 

@@ -10,11 +10,14 @@ from labquant.reports.lab_figures import write_lab_figures
 
 COLUMNS = (
     ("Model", "label"),
+    ("Backend", "backend"),
     ("Size (MiB)", "size_mib"),
     ("Accuracy (%)", "test_acc"),
     ("Accuracy Drop (pp)", "acc_drop"),
     ("CPU latency batch 1 (ms)", "latency_b1_ms"),
+    ("vs best FP32, batch 1", "speedup_b1"),
     ("CPU img/s batch 256", "img_s_b256"),
+    ("vs best FP32, batch 256", "speedup_b256"),
     ("qconfig", "qconfig"),
 )
 
@@ -24,21 +27,59 @@ def worst_layers(layers: list[dict[str, Any]], count: int = 5) -> list[dict[str,
     return sorted(layers, key=lambda layer: layer["sqnr_db"])[:count]
 
 
+def best_fp32(results: dict[str, Any]) -> dict[str, Any]:
+    """The fastest FP32 path a stage measured beside its int8 model, per batch size:
+    {"b1": (path, ms), "b256": (path, img/s)}; older results know eager FP32 only."""
+    paths = results.get("fp32_latencies") or (
+        {"eager": results["fp32_latency"]} if results.get("fp32_latency") else {}
+    )
+    if not paths:
+        return {}
+    b1 = min(paths.items(), key=lambda kv: kv[1]["latency_b1_ms"])
+    b256 = max(paths.items(), key=lambda kv: kv[1]["img_s_b256"])
+    return {"b1": (b1[0], b1[1]["latency_b1_ms"]), "b256": (b256[0], b256[1]["img_s_b256"])}
+
+
 def stage_row(
-    results: dict[str, Any], stage_dir: str, fp32_latency: dict[str, float] | None = None
+    results: dict[str, Any],
+    stage_dir: str,
+    fp32_latency: dict[str, float] | None = None,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
-    """One report.json row; FP32 latency comes from a quantization stage, measured beside int8."""
-    latency = results.get("latency") or fp32_latency or {}
-    return {
+    """One report.json row; FP32 latency comes from a quantization stage, measured beside int8.
+
+    `runtime`: the row of the stage's artifact run by another runtime (pt2e: `onnxruntime`).
+    int8 rows carry their speed against the best FP32 path of the same stage (`speedup_b1`:
+    best FP32 latency / int8 latency; `speedup_b256`: int8 img/s / best FP32 img/s; below 1:
+    int8 is slower than FP32 deployed well)."""
+    latency = results.get(f"{runtime}_latency" if runtime else "latency") or fp32_latency or {}
+    test_acc = results[f"{runtime}_test_acc"] if runtime else results["test_acc"]
+    row = {
         "stage": results["stage"],
+        "backend": results.get("backend"),
+        "runtime": runtime,
         "qconfig": results.get("qconfig"),
         "size_mib": results["size_mib"],
-        "test_acc": results["test_acc"],
-        "acc_drop": results.get("acc_drop", 0.0),
+        "test_acc": test_acc,
+        "acc_drop": round(results["fp32_test_acc"] - test_acc, 4)
+        if runtime
+        else results.get("acc_drop", 0.0),
         "latency_b1_ms": latency.get("latency_b1_ms"),
         "img_s_b256": latency.get("img_s_b256"),
         "dir": stage_dir,
     }
+    best = best_fp32(results)
+    if best and results["stage"] != "fp32" and row["latency_b1_ms"]:
+        row["speedup_b1"] = round(best["b1"][1] / row["latency_b1_ms"], 2)
+        row["speedup_b256"] = round(row["img_s_b256"] / best["b256"][1], 2)
+        row["fp32_best"] = {"b1": best["b1"][0], "b256": best["b256"][0]}
+    return row
+
+
+def runtime_names(results: dict[str, Any]) -> list[str]:
+    """Other runtimes a stage tested its artifact in (`<name>_test_acc` in results.json)."""
+    return [key[: -len("_test_acc")] for key in results if key.endswith("_test_acc")
+            and key not in ("fp32_test_acc", "torch_test_acc", "hw_test_acc")]  # fmt: skip
 
 
 def _cell(value: Any) -> str:
@@ -49,15 +90,48 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _label(row: dict[str, Any]) -> str:
+    label = row["stage"].upper()
+    if row["stage"] == "fp32" and row.get("fp32_path"):
+        return f"{label} ({row['fp32_path']})"
+    return f"{label} ({row['runtime']})" if row.get("runtime") else label
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
-        cells = {**row, "label": row["stage"].upper()}
+        cells = {**row, "label": _label(row)}
+        for key in ("speedup_b1", "speedup_b256"):
+            if cells.get(key) is not None:
+                cells[key] = f"{cells[key]:.2f}x"
         lines.append("| " + " | ".join(_cell(cells.get(key)) for _, key in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def speed_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the speed columns compare against, and every int8 row slower than it, plainly."""
+    notes = []
+    compared = [row for row in rows if row.get("fp32_best")]
+    if not compared:
+        return notes
+    paths = sorted({f"{r['fp32_best']['b1']} (batch 1) / {r['fp32_best']['b256']} (batch 256)"
+                    for r in compared})  # fmt: skip
+    notes.append(
+        "Speed columns: each int8 row against the FASTEST FP32 path measured in the same "
+        f"stage (eager, torch.compile, ONNX Runtime when installed); fastest: {'; '.join(paths)}."
+    )
+    for key, batch in (("speedup_b1", "batch 1"), ("speedup_b256", "batch 256")):
+        slower = [f"{_label(r)} {r.get('qconfig')}/{r.get('backend')}" for r in compared
+                  if r.get(key) is not None and r[key] < 1.0]  # fmt: skip
+        if slower:
+            notes.append(
+                f"Slower than the best FP32 path at {batch}: {', '.join(slower)} (int8 is "
+                "not faster than FP32 there on this CPU)."
+            )
+    return notes
 
 
 def write_lab_report(
@@ -81,13 +155,16 @@ def write_lab_report(
         ]
     parts += figures.get("accuracy_size", []) + figures.get("sqnr", [])
     for row in rows:
+        if row.get("runtime"):
+            continue
         results = stage_results.get(row["dir"], {})
         layers = results.get("layers") or []
         if not layers:
             continue
         worst = worst_layers(layers)
         parts += [
-            f"## Five worst layers, {row['stage'].upper()} {row['qconfig']} (SQNR vs FP32)",
+            f"## Five worst layers, {row['stage'].upper()} {row['qconfig']} "
+            f"{row.get('backend') or ''} (SQNR vs FP32)",
             "",
         ]
         parts += [
@@ -113,6 +190,7 @@ def write_lab_report(
     ]
     if curves:
         parts += ["## Curves", "", *curves, ""]
+    notes = speed_notes(rows) + notes
     if notes:
         parts += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     text = "\n".join(parts)

@@ -72,6 +72,20 @@ def qconfig_option(cfg: DictConfig, name: str) -> DictConfig:
     return option
 
 
+def backend_option(cfg: DictConfig, name: str) -> DictConfig:
+    """The backend config of one `lab.backends` entry: the composed `backend` (with the user's
+    overrides, e.g. backend.compile=false) when it is that one, else its YAML."""
+    option = load_group_option("backend", name, setting="lab.backends")
+    if cfg.backend.get("_target_") == option.get("_target_"):
+        return cfg.backend
+    return option
+
+
+def stage_name(mode: str, qconfig: str, backend: str) -> str:
+    """`ptq_pot` for the eager backend (the lab's folders before PT2E), `ptq_pot_pt2e` else."""
+    return f"{mode}_{qconfig}" if backend == "eager" else f"{mode}_{qconfig}_{backend}"
+
+
 def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> dict[str, Any]:
     done = completed_results(stage_dir)
     if done is not None:
@@ -91,6 +105,9 @@ def run_exports(cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any]) -
     for name, results in stage_results.items():
         if name == "fp32" or results.get("max_shift_amount") is None:
             continue  # not a power-of-two stage
+        if results.get("backend", "eager") != "eager":
+            log.info("stage %s: the integer export reads eager int8 models only", name)
+            continue
         export_dir = lab_dir / name / "export"
         settings = {
             "task_name": "export", "stage_dir": str(lab_dir / name), "golden": cfg.lab.golden,
@@ -105,23 +122,28 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     check_train_checkpoint(cfg)
     lab_dir = Path(cfg.paths.output_dir)
     qconfigs = {name: qconfig_option(cfg, name) for name in cfg.lab.qconfigs}
+    backends = {name: backend_option(cfg, name) for name in cfg.lab.backends}
     for name, option in qconfigs.items():
-        instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
+        spec = instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
+        for backend_name, backend_cfg in backends.items():
+            instantiate(backend_cfg, f"lab.backends={backend_name}").check(spec)
 
     fp32_dir = lab_dir / "fp32"
     fp32 = run_stage("fp32", fp32_dir, fit_fp32, stage_config(cfg, fp32_dir))
     checkpoint = str(fp32_dir / fp32["checkpoint"])
     stage_results: dict[str, dict[str, Any]] = {"fp32": fp32}
-    for qconfig, option in qconfigs.items():
-        for mode in ("ptq", "qat"):
-            if mode == "ptq" and not is_global_zero():
-                continue  # one-process work: the other DDP ranks wait for the next DDP stage
-            name = f"{mode}_{qconfig}"
-            overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
-            stage_dir = lab_dir / name
-            stage_results[name] = run_stage(
-                name, stage_dir, quantize, stage_config(cfg, stage_dir, qconfig=option, **overrides)
-            )
+    for backend, backend_cfg in backends.items():
+        for qconfig, option in qconfigs.items():
+            for mode in ("ptq", "qat"):
+                if mode == "ptq" and not is_global_zero():
+                    continue  # one-process work: the other DDP ranks wait for the next DDP stage
+                name = stage_name(mode, qconfig, backend)
+                overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
+                stage_dir = lab_dir / name
+                stage = stage_config(cfg, stage_dir, qconfig=option, **overrides)
+                with open_dict(stage):
+                    stage.backend = backend_cfg
+                stage_results[name] = run_stage(name, stage_dir, quantize, stage)
 
     if not is_global_zero():  # under DDP, rank 0 alone exports and reports
         return {"rows": []}

@@ -38,6 +38,7 @@ from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
 from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
 from labquant.tasks.evaluate import cpu_latency, evaluate_confusion
+from labquant.tasks.fp32_paths import fp32_runtimes
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
 
@@ -101,6 +102,26 @@ def _fine_tune(
     return trainer
 
 
+def measure_speed(
+    cfg: DictConfig, int8: Any, runtimes: dict[str, Any], fp32_net: nn.Module, batch: Tensor
+) -> dict[str, Any]:
+    """CPU latency of the int8 model, of its other runtimes, and of every FP32 path (eager,
+    Inductor-compiled, ONNX Runtime when installed), measured in this run, side by side: the
+    report compares int8 with the BEST FP32 path, the one a user would deploy."""
+    wanted = list(cfg.quant.get("fp32_paths") or ["eager"])
+    fp32_paths = fp32_runtimes(
+        fp32_net, batch[:2], compile="compiled" in wanted, onnx="onnxruntime" in wanted
+    )
+    fp32 = {name: cpu_latency(run) for name, run in fp32_paths.items() if name in wanted}
+    return {
+        "latency": cpu_latency(int8),
+        **{f"{name}_latency": cpu_latency(run) for name, run in runtimes.items()},
+        "fp32_latency": fp32["eager"],
+        "fp32_latencies": fp32,
+        "cpu": cpu(),  # the ISA decides the int8 / FP32 ratio: reports name it
+    }
+
+
 def quantize(cfg: DictConfig) -> dict[str, Any]:
     """One PTQ or QAT stage; returns (and writes) its results.json."""
     started = time.perf_counter()
@@ -108,6 +129,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
     backend: QuantBackend = instantiate(cfg.backend, "backend")
+    backend.check(qconfig)
     checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
     check_qat_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -136,9 +158,10 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     int8 = backend.convert(prepared, batch)
     test_acc, test_loss, confusion = evaluate_confusion(int8, dm.eval_dataloader())
     saved = backend.save(int8, out_dir)
-    for runtime, deployed in backend.runtimes(out_dir, saved).items():
+    runtimes = backend.runtimes(out_dir, saved)  # the same file in another runtime (ORT)
+    for runtime, deployed in runtimes.items():
         acc, _, _ = evaluate_confusion(deployed, dm.eval_dataloader())
-        saved[f"{runtime}_test_acc"] = round(acc, 4)  # the same file, another runtime
+        saved[f"{runtime}_test_acc"] = round(acc, 4)
     layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
     results: dict[str, Any] = {
         "stage": cfg.quant.mode,
@@ -166,10 +189,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     if not qat:
         results["calibration_batches"] = cfg.quant.calibration_batches
     if cfg.quant.get("measure_latency", True):
-        # The deployed form of each: the backend's int8 artifact, eager FP32.
-        results["latency"] = cpu_latency(int8)
-        results["fp32_latency"] = cpu_latency(fp32_net.cpu().eval())
-        results["cpu"] = cpu()  # the ISA decides the int8 / FP32 ratio: reports name it
+        results.update(measure_speed(cfg, int8, runtimes, fp32_net.cpu().eval(), batch))
     metrics_csv = out_dir / "metrics.csv" if qat else None
     weights = layer_weights(prepared, [layer["name"] for layer in layers])
     log_stage(cfg, results, metrics_csv=metrics_csv, weights=weights)

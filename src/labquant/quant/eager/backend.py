@@ -46,6 +46,9 @@ class EagerBackend:
 
     name = "eager"
 
+    def check(self, qconfig: QConfigSpec) -> None:
+        engine_for(qconfig)  # the engine's int8 kernels must be in this torch build
+
     def _prepare(self, net: nn.Module, qconfig: QConfigSpec, qat: bool) -> nn.Module:
         engine = engine_for(qconfig)
         workflow.set_engine(engine)

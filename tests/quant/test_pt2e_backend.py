@@ -1,0 +1,154 @@
+"""backend=pt2e (torch.export + torchao): power-of-two scales read back from the saved .pt2 and
+.onnx files, int8 vs FP32 agreement, ONNX Runtime vs torch, eager vs pt2e scales, and the
+one-line errors for a missing or damaged artifact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from labquant.data.augment import normalize
+from labquant.data.synthetic import SyntheticDataModule
+from labquant.errors import ConfigError
+from labquant.models import build_resnet
+from labquant.models.resnet import small_resnet
+from labquant.quant.eager import EagerBackend
+from labquant.quant.pt2e import onnx_export
+from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
+from labquant.tasks.quantize import quantize
+from tests.conftest import QUANT_MODEL, compose_config, qconfig_spec
+
+PT2E = ["backend=pt2e", "backend.compile=false", "quant.measure_latency=false"]
+needs_onnx = pytest.mark.skipif(not onnx_export.available(), reason="the [export] extra")
+
+
+@pytest.fixture(scope="module")
+def ptq_pt2e_pot(fp32_checkpoint_run, tmp_path_factory: pytest.TempPathFactory):
+    fp32, run = fp32_checkpoint_run
+    out = tmp_path_factory.mktemp("ptq_pt2e_pot")
+    overrides = [*QUANT_MODEL, f"ckpt_path={run / fp32['checkpoint']}", *PT2E]
+    overrides += ["quant=ptq", "qconfig=pot", "quant.calibration_batches=8"]
+    return quantize(compose_config("quantize", overrides, out)), out
+
+
+def _power_of_two_exponent(scale: float) -> int:
+    mantissa, _ = math.frexp(scale)
+    assert mantissa == 0.5, scale  # exactly 2**k, nothing rounded
+    return round(-math.log2(scale))
+
+
+def _pt2_scales(path: Path) -> list[tuple[float, torch.dtype]]:
+    """(scale, quantized dtype) of every quantize / dequantize node of a saved program."""
+    program = load_pt2(path)
+    gm = program.module()
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "quantize_per" not in str(node.target):
+            continue
+        scale, dtype = node.args[1], node.args[-1]
+        if isinstance(scale, torch.fx.Node):  # per-channel weights: a tensor constant
+            tensor = gm
+            for part in scale.target.split("."):
+                tensor = getattr(tensor, part)
+            found += [(float(s), dtype) for s in tensor.flatten()]
+        else:
+            found.append((float(scale), dtype))
+    return found
+
+
+def test_every_scale_in_the_saved_pt2_is_a_power_of_two_in_range(ptq_pt2e_pot) -> None:
+    results, out = ptq_pt2e_pot
+    scales = _pt2_scales(out / results["int8_pt2"])
+    assert len({dtype for _, dtype in scales}) >= 2 and len(scales) > 30
+    shift = results["max_shift_amount"]
+    for scale, dtype in scales:
+        n = _power_of_two_exponent(scale)
+        # int32 biases sit on the accumulator grid s_in * s_w: two shifts deep
+        assert 0 <= n <= (2 * shift if dtype == torch.int32 else shift), (scale, dtype)
+
+
+@needs_onnx
+def test_every_scale_in_the_onnx_file_is_a_power_of_two(ptq_pt2e_pot) -> None:
+    results, out = ptq_pt2e_pot
+    scales = onnx_export.initializer_scales(out / results["int8_onnx"])
+    assert len(scales) > 30
+    for scale in scales:
+        assert 0 <= _power_of_two_exponent(scale) <= 2 * results["max_shift_amount"]
+
+
+@needs_onnx
+def test_onnx_runtime_matches_the_torch_int8_accuracy(ptq_pt2e_pot) -> None:
+    results, _ = ptq_pt2e_pot
+    assert abs(results["onnxruntime_test_acc"] - results["test_acc"]) <= 0.2
+
+
+def test_pt2e_int8_agrees_with_fp32_on_held_out_images(fp32_checkpoint_run, ptq_pt2e_pot) -> None:
+    fp32, run = fp32_checkpoint_run
+    results, out = ptq_pt2e_pot
+    int8 = PT2EBackend(compile=False).load(out, results)
+    net = build_resnet(**fp32["arch"]).eval()
+    net.load_state_dict(torch.load(run / "model_fp32_state_dict.pt"))
+    held_out = SyntheticDataModule(num_train=1200, num_test=512, val_size=200)
+    held_out.setup()
+    x = normalize(held_out.arrays("test")[0])
+    with torch.inference_mode():
+        agree = (int8(x).argmax(1) == net(x).argmax(1)).float().mean().item()
+    assert agree >= 0.95, agree
+    assert results["backend"] == "pt2e" and results["layers"]
+    assert all(layer["sqnr_db"] > 5 for layer in results["layers"])
+
+
+@pytest.mark.parametrize("name", ["pot", "pot_unsigned"])
+def test_eager_and_pt2e_give_the_same_scales_on_the_same_batches(name: str) -> None:
+    spec = qconfig_spec(name)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 3, 32, 32, generator=g) for _ in range(3)]
+    tables = {}
+    for backend in (EagerBackend(), PT2EBackend(compile=False)):
+        torch.manual_seed(0)
+        fp32 = small_resnet(layers=[1, 1], base_width=8).eval()
+        prepared = backend.prepare_ptq(fp32, spec, batches[0])
+        with torch.inference_mode():
+            for x in batches:
+                prepared(x)
+        int8 = backend.convert(prepared, batches[0])
+        torch.manual_seed(0)
+        reference = small_resnet(layers=[1, 1], base_width=8).eval()
+        table = backend.layer_table(reference, prepared, int8, batches[0])
+        tables[backend.name] = {row["name"]: row for row in table}
+    eager, pt2e = tables["eager"], tables["pt2e"]
+    assert set(eager) == set(pt2e) and len(eager) >= 6  # every conv and the fc, same names
+    for layer, row in eager.items():
+        theirs = pt2e[layer]
+        assert (theirs["scale"], theirs["zero_point"]) == (row["scale"], row["zero_point"]), layer
+        assert theirs["weight_scale"] == row["weight_scale"], layer
+
+
+def test_unsupported_qconfig_is_refused_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="backend=pt2e does not support qconfig=qnnpack"):
+        PT2EBackend().check(qconfig_spec("qnnpack"))
+
+
+def test_a_missing_or_damaged_pt2_file_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist") as missing:
+        load_pt2(tmp_path / "model_int8.pt2")
+    damaged = tmp_path / "damaged.pt2"
+    damaged.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ConfigError, match="is not a readable .pt2 program") as broken:
+        load_pt2(damaged)
+    for error in (missing, broken):
+        assert "\n" not in str(error.value)
+
+
+@needs_onnx
+def test_a_missing_or_damaged_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        onnx_export.OnnxInt8Model(tmp_path / "model_int8.onnx")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ConfigError, match="is not a readable ONNX model") as broken:
+        onnx_export.OnnxInt8Model(damaged)
+    assert "\n" not in str(broken.value)
