@@ -137,7 +137,7 @@ def test_a_missing_or_damaged_pt2_file_is_a_one_line_error(tmp_path: Path) -> No
         load_pt2(tmp_path / "model_int8.pt2")
     damaged = tmp_path / "damaged.pt2"
     damaged.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(ConfigError, match="is not a readable .pt2 program") as broken:
+    with pytest.raises(ConfigError, match=r"is not a readable \.pt2 program") as broken:
         load_pt2(damaged)
     for error in (missing, broken):
         assert "\n" not in str(error.value)
