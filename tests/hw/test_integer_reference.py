@@ -15,6 +15,7 @@ from labquant.quant.eager import workflow
 from labquant.quant.eager.backend import EagerBackend
 from labquant.quant.eager.integer import integer_program, snap_biases, torch_layer_codes
 from labquant.quant.qconfigs import power_of_two
+from labquant.reports.machine import has_vnni
 
 
 def test_rounding_rules_on_ties() -> None:
@@ -114,3 +115,35 @@ def test_program_file_round_trip_and_dtypes(tmp_path) -> None:
     loaded.arrays[first["weight"]] = loaded.arrays[first["weight"]].astype(np.int16)
     first["shift"] = 1.5
     assert len(check_program(loaded)) == 2
+
+
+@pytest.mark.skipif(
+    has_vnni() or "x86" not in torch.backends.quantized.supported_engines,
+    reason="int16 pair saturation exists only on x86 CPUs without VNNI",
+)
+def test_emulated_pair_saturation_explains_every_difference_from_torch() -> None:
+    """Large weights: torch's x86 kernels on an AVX2 CPU clip u8 x s8 pair sums to int16. The
+    exact reference then differs from torch, and the reference with that clipping emulated
+    matches torch code for code: the saturation is the whole difference."""
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, 8, 8) * 2
+    net = small_resnet(layers=[1, 1], base_width=8)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(2.0, 4.0)  # folded weights near the int8 limit
+    backend = EagerBackend()
+    prepared = backend.prepare_ptq(net, power_of_two(snap_bias=True), x)
+    with torch.no_grad():
+        prepared(x)
+    int8 = workflow.convert_int8(prepared)
+    snap_biases(int8, x)
+    program = integer_program(int8, (8, 8))
+    names = [op["output"] for op in program.ops]
+    torch.backends.quantized.engine = "x86"
+    theirs = torch_layer_codes(int8, x, names)
+    exact = reference.run(program, x.numpy(), "half_even", count_saturation=True)
+    assert sum(int(v.sum()) for v in exact.saturated.values()) > 0
+    assert any((exact.codes[n] != theirs[n]).any() for n in names)
+    emulated = reference.run(program, x.numpy(), "half_even", emulate_avx2=True)
+    for name in names:
+        np.testing.assert_array_equal(emulated.codes[name], theirs[name], err_msg=name)

@@ -93,25 +93,30 @@ def _patches(codes: np.ndarray, op: dict[str, Any], kernel: tuple[int, int]) -> 
     return windows.transpose(0, 2, 3, 4, 5, 1)
 
 
-def _saturated_outputs(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Per row (one output position), per output channel: does any u8 x s8 pair saturate?
+def _pair_saturation(rows: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What int16 pair saturation (AVX2 without VNNI, `vpmaddubsw`) does to each output.
 
-    rows: (M, K) u8 codes in (kh, kw, C) order; weight: (Cout, K). Only weight pairs of the
-    same sign with |w0| + |w1| >= 129 can leave int16 (255 * 129 > 32767), so only those are
-    evaluated.
+    rows: (M, K) u8 codes in (kh, kw, C) order; weight: (Cout, K) s8. Returns (hit, delta),
+    both (M, Cout): `hit` where any pair of adjacent products left -32768..32767, `delta` the
+    sum over pairs of (saturated pair - exact pair), i.e. what such a CPU adds to the exact
+    accumulator. Only weight pairs of the same sign with |w0| + |w1| >= 129 can leave int16
+    (255 * 129 > 32767), so only those are evaluated.
     """
     k = weight.shape[1]
     if k % 2:
         weight = np.pad(weight, ((0, 0), (0, 1)))
         rows = np.pad(rows, ((0, 0), (0, 1)))
-    w0, w1 = weight[:, 0::2].astype(np.int32), weight[:, 1::2].astype(np.int32)
+    w0, w1 = weight[:, 0::2].astype(np.int64), weight[:, 1::2].astype(np.int64)
     risky = (np.sign(w0) * np.sign(w1) >= 0) & (np.abs(w0) + np.abs(w1) >= 129)
     hit = np.zeros((rows.shape[0], weight.shape[0]), dtype=bool)
-    a0, a1 = rows[:, 0::2].astype(np.int32), rows[:, 1::2].astype(np.int32)
+    delta = np.zeros((rows.shape[0], weight.shape[0]), dtype=np.int64)
+    a0, a1 = rows[:, 0::2].astype(np.int64), rows[:, 1::2].astype(np.int64)
     for out_channel, pair in zip(*np.nonzero(risky), strict=True):
         sums = a0[:, pair] * w0[out_channel, pair] + a1[:, pair] * w1[out_channel, pair]
-        hit[:, out_channel] |= (sums < INT16[0]) | (sums > INT16[1])
-    return hit
+        clipped = np.clip(sums, *INT16)
+        hit[:, out_channel] |= clipped != sums
+        delta[:, out_channel] += clipped - sums
+    return hit, delta
 
 
 def _matmul_exact(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -125,7 +130,7 @@ def _requantize(acc: np.ndarray, op: dict[str, Any], rounding: str) -> np.ndarra
     return _clamp(out, op["out_zero_point"], op["relu"]).astype(np.uint8)
 
 
-def _conv(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: bool):
+def _conv(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: str | None):
     weight, bias = arrays[op["weight"]], arrays[op["bias"]].astype(np.int64)
     out_channels, _, kh, kw = weight.shape
     windows = _patches(codes, op, (kh, kw))
@@ -134,18 +139,26 @@ def _conv(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: 
     flat_weight = weight.transpose(0, 2, 3, 1).reshape(out_channels, -1)  # (kh, kw, C) order
     centered = rows.astype(np.int64) - op["in_zero_point"]
     acc = _matmul_exact(centered, flat_weight.T) + bias
-    out = _requantize(acc, op, rounding).reshape(n, ho, wo, out_channels).transpose(0, 3, 1, 2)
     hits = None
     if saturation:
-        hits = _saturated_outputs(rows, flat_weight).reshape(n, -1).sum(axis=1)
+        hit, delta = _pair_saturation(rows, flat_weight)
+        hits = hit.reshape(n, -1).sum(axis=1)
+        if saturation == "emulate":
+            acc = acc + delta
+    out = _requantize(acc, op, rounding).reshape(n, ho, wo, out_channels).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out), hits
 
 
-def _linear(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: bool):
+def _linear(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: str | None):
     weight, bias = arrays[op["weight"]], arrays[op["bias"]].astype(np.int64)
     rows = codes.reshape(codes.shape[0], -1)
     acc = _matmul_exact(rows.astype(np.int64) - op["in_zero_point"], weight.T) + bias
-    hits = _saturated_outputs(rows, weight).sum(axis=1) if saturation else None
+    hits = None
+    if saturation:
+        hit, delta = _pair_saturation(rows, weight)
+        hits = hit.sum(axis=1)
+        if saturation == "emulate":
+            acc = acc + delta
     return _requantize(acc, op, rounding), hits
 
 
@@ -182,10 +195,18 @@ def run(
     images: np.ndarray,
     rounding: str = "half_even",
     count_saturation: bool = False,
+    emulate_avx2: bool = False,
 ) -> RunResult:
-    """Every op's output codes for float images (N, C, H, W)."""
+    """Every op's output codes for float images (N, C, H, W).
+
+    `count_saturation`: also count, per image and layer, the outputs an AVX2 CPU without VNNI
+    would saturate. `emulate_avx2`: compute what such a CPU computes (each saturated pair
+    clipped to int16) instead of the hardware's exact sum; not the hardware: a measurement
+    that shows the saturation explains every difference from torch's int8 model there.
+    """
     if rounding not in ROUNDING:
         raise ValueError(f"rounding must be one of {ROUNDING}, got {rounding!r}")
+    saturation = "emulate" if emulate_avx2 else ("count" if count_saturation else None)
     codes: dict[str, np.ndarray] = {}
     saturated: dict[str, np.ndarray] = {}
     arrays = program.arrays
@@ -195,7 +216,7 @@ def run(
             out = quantize_input(images, op)
         elif kind in ("conv", "linear"):
             step = _conv if kind == "conv" else _linear
-            out, hits = step(codes[op["input"]], op, arrays, rounding, count_saturation)
+            out, hits = step(codes[op["input"]], op, arrays, rounding, saturation)
             if hits is not None:
                 saturated[op["name"]] = hits
         elif kind == "add":
@@ -214,10 +235,11 @@ def run_batched(
     rounding: str = "half_even",
     count_saturation: bool = False,
     batch: int = 64,
+    emulate_avx2: bool = False,
 ) -> RunResult:
     """`run` in slices of `batch` images (bounds the im2col memory), results concatenated."""
     parts = [
-        run(program, images[i : i + batch], rounding, count_saturation)
+        run(program, images[i : i + batch], rounding, count_saturation, emulate_avx2)
         for i in range(0, len(images), batch)
     ]
     codes = {k: np.concatenate([p.codes[k] for p in parts]) for k in parts[0].codes}

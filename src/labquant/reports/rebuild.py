@@ -88,6 +88,16 @@ def bitexact_note(stage: str, results: dict[str, Any]) -> str:
         f"agreement {results['top1_agreement']} %, {results['saturated_outputs']} torch outputs "
         f"hit by u8 x s8 pair saturation on this CPU ({cpu}); shifts "
         f"{results['shifts']['min_shift']}..{results['shifts']['max_shift']}"
+        + _emulation_note(results.get("avx2_emulation"))
+    )
+
+
+def _emulation_note(emulation: dict[str, Any] | None) -> str:
+    if not emulation:
+        return ""
+    return (
+        f"; the reference with AVX2 int16 pair saturation emulated matches torch on "
+        f"{emulation['identical_images']} of the images (top-1 {emulation['top1_agreement']} %)"
     )
 
 
