@@ -26,6 +26,15 @@ TINY_BENCH = [
     "inference.repeats_b1=3",
     "inference.repeats_b256=1",
     "inference.calibration_batches=1",
+    # No Inductor compile and no ONNX export here (minutes); test_onnx_contenders covers pt2e
+    # (uncompiled) and ONNX Runtime.
+    "inference.backends=[eager]",
+    "inference.compile=false",
+    "inference.onnx=false",
+    "inference.kernel.channels=16",
+    "inference.kernel.size=8",
+    "inference.kernel.batch=1",
+    "inference.kernel.repeats=1",
     "qat_step.batch_size=32",
     "qat_step.steps=1",
     # The GPU section's code path, run on the CPU: tiny, fp32 (bf16 on a CPU is slow).
@@ -58,6 +67,8 @@ def test_bench_writes_json_and_markdown_with_every_section(bench_run) -> None:
     md = (out / "bench.md").read_text()
     assert "| figure | value | target | verdict |" in md
     assert "Machine: " in md and "## Inference on the CPU, img/s" in md
+    assert f"CPU ISA: **{results['machine']['isa']}**" in md
+    assert "| **best FP32** |" in md and "| int8 eager_pot |" in md
 
 
 @pytest.mark.slow
@@ -69,15 +80,38 @@ def test_bench_figures_are_measured_and_consistent(bench_run) -> None:
         augment["batched_img_s"] / augment["per_image_img_s"], rel=0.01
     )
     assert results["train_step"]["lightning_img_s"] > 0 < results["train_step"]["plain_img_s"]
-    small = results["inference"]["small"]
+    inference = results["inference"]
+    kernel = inference["kernel"]
+    assert kernel["int8_over_fp32"] > 0 and kernel["shape"].startswith("conv3x3 16->16")
+    assert inference["backends"] == ["eager"] and inference["isa"]
+    small = inference["small"]
+    contenders = {"eager_x86", "eager_pot"}
     for batch in ("b1", "b256"):
-        assert small["fp32_best"][batch] == max(small["fp32"][batch].values())
-        speedups = [small[f"{q}_speedup_{batch}"] for q in ("x86", "pot")]
-        assert small[f"int8_speedup_{batch}"] == min(speedups) > 0
+        row = small[batch]
+        # compile=false, onnx=false: the eager FP32 paths only.
+        assert set(row["fp32"]) == {"eager", "eager_channels_last"}
+        assert row["fp32_best"] == max(row["fp32"].values()) > 0
+        assert row["fp32"][row["fp32_best_path"]] == row["fp32_best"]
+        assert set(row["int8"]) == contenders
+        for name in contenders:
+            assert row["speedup"][name] == pytest.approx(
+                row["int8"][name] / row["fp32_best"], abs=1e-3
+            )
+            assert row["of_kernel"][name] == pytest.approx(
+                row["speedup"][name] / kernel["int8_over_fp32"], abs=1e-3
+            )
+        # The worst qconfig decides (its best contender: here the only one).
+        assert small[f"int8_speedup_{batch}"] == min(row["speedup"].values()) > 0
+        assert small[f"int8_speedup_{batch}_path"] in contenders
+        assert small[f"int8_of_kernel_{batch}"] == pytest.approx(
+            small[f"int8_speedup_{batch}"] / kernel["int8_over_fp32"], abs=1e-3
+        )
     for q in ("x86", "pot"):
         assert results["qat_step"][q]["step_ms"] > 0
         # int8 weights are a quarter of fp32, plus scales, biases and headers.
-        assert 0.24 < results["sizes"]["small"][q]["ratio"] < 0.3
+        assert 0.24 < results["sizes"]["small"][f"eager_{q}"]["ratio"] < 0.3
+    sizes = results["sizes"]["small"]
+    assert sizes["ratio"] == max(v["ratio"] for v in sizes.values() if isinstance(v, dict))
     gpu = results["gpu"]["small"]
     assert gpu["epoch_s"] > 0 and gpu["plain_epoch_s"] > 0 and gpu["train_gflop_per_image"] > 0
 
@@ -90,6 +124,98 @@ def test_every_target_gets_a_verdict(bench_run) -> None:
     assert verdicts["inference.resnet18.int8_speedup_b1"] is None
     assert isinstance(verdicts["augment.speedup"], bool)
     assert isinstance(verdicts["sizes.small.ratio"], bool)
+
+
+def test_onnx_contenders(tmp_path: Path) -> None:
+    """pt2e's int8 program and ONNX Runtime on its .onnx file are int8 contenders, ONNX
+    Runtime on the FP32 model an FP32 one; each qconfig's best contender counts."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from labquant.tasks.bench.common import qconfig_specs
+    from labquant.tasks.bench.inference import backend_for, bench_inference
+
+    backends = {"pt2e": backend_for("pt2e", compile=False, onnx=True)}
+    inference, sizes = bench_inference(
+        ["small"], backends, qconfig_specs(["x86"]), 1, 1, 1, compile=False, onnx=True
+    )
+    for batch in ("b1", "b256"):
+        row = inference["small"][batch]
+        assert row["fp32"]["onnxruntime"] > 0 and row["int8"]["ort_x86"] > 0
+        assert set(row["int8"]) == {"pt2e_x86", "ort_x86"} and "of_kernel" not in row
+        best = max(row["int8"], key=lambda name: row["int8"][name])
+        assert inference["small"][f"int8_speedup_{batch}_path"] == best == row["int8_best_path"]
+    assert "kernel" not in inference and "int8_of_kernel_b1" not in inference["small"]
+    assert sizes["small"]["pt2e_x86"]["pt2_mib"] > 0 < sizes["small"]["pt2e_x86"]["ratio"]
+
+
+def test_fp32_runtimes_agree_and_the_best_is_named() -> None:
+    import torch
+    from torch import nn
+
+    from labquant.tasks.fp32_paths import best_fp32, fp32_runtimes
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    runtimes = fp32_runtimes(net, x, compile=True, onnx=False)
+    # Compiled lazily: present, but not called here (a compile takes ~30 s).
+    assert set(runtimes) == {"eager", "eager_channels_last", "compiled"}
+    assert set(fp32_runtimes(net, x, compile=False, onnx=False)) == {
+        "eager",
+        "eager_channels_last",
+    }
+    with torch.no_grad():
+        expected = net(x)
+    for name in ("eager", "eager_channels_last"):
+        torch.testing.assert_close(runtimes[name](x), expected)
+    assert best_fp32({"eager": 100.0, "compiled": 250.0}) == ("compiled", 250.0)
+    assert best_fp32({"eager": 3.0, "compiled": 2.0}, higher_is_better=False) == ("compiled", 2.0)
+    with pytest.raises(ValueError):
+        best_fp32({})
+
+
+def test_kernel_ratio_compares_the_best_of_each_side() -> None:
+    from labquant.tasks.bench.kernels import bench_kernel_ratio
+
+    kernel = bench_kernel_ratio(channels=16, size=8, batch=1, repeats=1)
+    assert kernel["shape"] == "conv3x3 16->16, 1x16x8x8"
+    assert kernel["fp32_best"] in ("fp32_contiguous", "fp32_channels_last")
+    assert kernel["int8_best"].startswith("int8_")
+    ms = kernel["ms"]
+    assert kernel["int8_over_fp32"] == pytest.approx(
+        ms[kernel["fp32_best"]] / ms[kernel["int8_best"]], rel=0.05
+    )
+
+
+def test_inference_table_names_isa_best_fp32_and_slower_int8() -> None:
+    from labquant.tasks.bench.report import inference_table
+
+    row = {
+        "fp32": {"eager": 100.0, "compiled": 200.0},
+        "fp32_best": 200.0,
+        "fp32_best_path": "compiled",
+        "int8": {"eager_x86": 300.0, "pt2e_pot": 150.0},
+        "speedup": {"eager_x86": 1.5, "pt2e_pot": 0.75},
+        "of_kernel": {"eager_x86": 1.0, "pt2e_pot": 0.5},
+    }
+    inference = {
+        "threads": 2,
+        "kernel": {
+            "shape": "conv3x3 256->256, 4x256x28x28",
+            "int8_over_fp32": 1.5,
+            "int8_best": "int8_x86",
+            "fp32_best": "fp32_channels_last",
+        },
+        "small": {"b1": row, "b256": {**row, "speedup": {"eager_x86": 1.5, "pt2e_pot": 1.1}}},
+    }
+    md = "\n".join(inference_table(inference, "AVX2, no VNNI"))
+    assert "CPU ISA: **AVX2, no VNNI**" in md and "int8 runs **1.50x** FP32" in md
+    assert "| path | small b1 | small b256 |" in md
+    assert "| **best FP32** | compiled (200) | compiled (200) |" in md
+    assert "| int8 eager_x86 | 300 (1.50x; 1.00 of kernel) |" in md
+    assert "SLOWER than the best FP32 path here: small b1 (vs compiled): pt2e_pot 0.75x." in md
+    row["speedup"]["pt2e_pot"] = 1.2
+    assert "Every int8 path is faster" in "\n".join(inference_table(inference, "AVX2"))
 
 
 def test_targets_met_missed_and_not_run() -> None:

@@ -183,8 +183,8 @@ class Quant(Settings):
     freeze_observer_epoch: NonNegInt = setting(4)
     freeze_bn_epoch: NonNegInt = setting(3)
     measure_latency: bool = setting(True)
-    fp32_paths: list[Literal["eager", "compiled", "onnxruntime"]] = setting(
-        ["eager", "compiled", "onnxruntime"], min_length=1
+    fp32_paths: list[Literal["eager", "eager_channels_last", "compiled", "onnxruntime"]] = setting(
+        ["eager", "eager_channels_last", "compiled", "onnxruntime"], min_length=1
     )
 
     @model_validator(mode="after")
@@ -288,11 +288,22 @@ class BenchTrainStep(Settings):
     rounds: PosInt = setting(3)
 
 
+class BenchKernel(Settings):
+    channels: PosInt = setting(256)
+    size: PosInt = setting(28)
+    batch: PosInt = setting(4)
+    repeats: PosInt = setting(10)
+
+
 class BenchInference(Settings):
     models: list[ModelName] = setting(["small", "resnet18"], min_length=1)
     repeats_b1: PosInt = setting(200)
     repeats_b256: PosInt = setting(5)
     calibration_batches: PosInt = setting(8)
+    backends: list[BackendName] = setting(["eager", "pt2e"], min_length=1)
+    compile: bool = setting(True)
+    onnx: bool = setting(True)
+    kernel: BenchKernel | None = setting({"channels": 256})
 
 
 class BenchQATStep(Settings):

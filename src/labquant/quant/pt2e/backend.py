@@ -181,7 +181,8 @@ class PT2EBackend:
         model_int8.onnx."""
         if "int8_onnx" not in saved:
             return {}
-        return {"onnxruntime": onnx_export.OnnxInt8Model(folder / saved["int8_onnx"])}
+        path = folder / saved["int8_onnx"]
+        return {"onnxruntime": onnx_export.OnnxInt8Model(path, threads=torch.get_num_threads())}
 
     def artifact_sizes(self, int8: PT2EInt8Model) -> dict[str, float]:
         pt2 = len(pt2_bytes(int8.program)) / 2**20

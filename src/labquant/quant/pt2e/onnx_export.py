@@ -9,6 +9,7 @@ come with the `[export]` extra; without it the backend writes the .pt2 only.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,49 @@ def available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in MODULES)
 
 
+def quiet_exporter_logs() -> None:
+    """onnx_ir / onnxscript log every optimization pass at INFO into the run's log file."""
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    quiet_exporter_logs()
     onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, verbose=False)
+    quantize_before_relu(onnx_program.model)
     onnx_program.save(str(path))
+
+
+def quantize_before_relu(model: Any) -> int:
+    """Conv -> Relu -> QuantizeLinear(s, zp) becomes Conv -> Q(s, zp) -> DQ -> Relu -> Q(s, zp).
+
+    The exporter keeps PT2E's fused pattern (the conv's output is quantized only after the
+    ReLU), which ONNX Runtime cannot fuse into QLinearConv when the zero point is not the
+    range's minimum (pot's symmetric 128): the conv stays FP32. Quantizing the conv output with
+    the ReLU output's own qparams first is exact, since round(max(y, 0) / s) = max(round(y / s),
+    0): the codes are the same, and ORT runs the conv in int8. `model` is the exporter's
+    onnx_ir model, edited in place; returns how many convs it changed.
+    """
+    import onnx_ir as ir
+
+    changed = 0
+    for node in list(model.graph):
+        if node.op_type != "Relu":
+            continue
+        value = node.inputs[0]
+        producer = value.producer() if value is not None else None
+        quantizers = [c for c in node.outputs[0].consumers() if c.op_type == "QuantizeLinear"]
+        if producer is None or producer.op_type != "Conv" or len(quantizers) != 1:
+            continue
+        if len(value.consumers()) != 1:
+            continue
+        scale, zero_point = quantizers[0].inputs[1], quantizers[0].inputs[2]
+        quantize = ir.node("QuantizeLinear", inputs=[value, scale, zero_point])
+        dequantize = ir.node("DequantizeLinear", inputs=[quantize.outputs[0], scale, zero_point])
+        model.graph.insert_before(node, [quantize, dequantize])
+        node.replace_input_with(0, dequantize.outputs[0])
+        changed += 1
+    return changed
 
 
 class OnnxInt8Model:

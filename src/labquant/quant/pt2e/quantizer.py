@@ -197,11 +197,45 @@ class PowerOfTwoQuantizer(Quantizer):
         pass
 
 
+class X86ResidualQuantizer(X86InductorQuantizer):
+    """torchao's X86InductorQuantizer, plus quantized inputs for the residual add.
+
+    X86InductorQuantizer annotates conv -> add -> relu as one pattern for Inductor's fused
+    conv-add kernel: the conv output feeding the add stays float. In the ONNX export that
+    conv has no QuantizeLinear after it, so ONNX Runtime leaves it in FP32 (4 to 6 convs of a
+    ResNet). Observing the add's inputs (each with the activation spec, as the eager x86
+    qconfig does) quantizes those conv outputs too; Inductor still lowers every conv to int8.
+    """
+
+    def __init__(self, activation: QuantizationSpec) -> None:
+        super().__init__()
+        self.activation = activation
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        model = super().annotate(model)
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target not in ADDS:
+                continue
+            annotation = node.meta.get(ANNOTATION)
+            if annotation is None:
+                continue
+            for operand in node.args[:2]:
+                if not isinstance(operand, Node) or operand in annotation.input_qspec_map:
+                    continue
+                produced = operand.meta.get(ANNOTATION)
+                if produced is not None and produced.output_qspec is not None:
+                    annotation.input_qspec_map[operand] = produced.output_qspec
+                else:
+                    annotation.input_qspec_map[operand] = self.activation
+        return model
+
+
 def quantizer_for(spec: QConfigSpec, qat: bool, reduce_range: bool) -> Quantizer:
     """The torchao Quantizer of a qconfig; `reduce_range`: 7-bit activations for the default
     x86 config on CPUs without VNNI (u8 x s8 pair sums saturate int16 there)."""
     if spec.power_of_two:
         return PowerOfTwoQuantizer(spec, qat)
-    quantizer = X86InductorQuantizer()
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
-    return quantizer.set_global(config)
+    quantizer = X86ResidualQuantizer(config.input_activation)
+    quantizer.set_global(config)
+    return quantizer

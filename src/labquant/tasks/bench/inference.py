@@ -1,22 +1,55 @@
-"""`inference` and `sizes`: FP32 (best of contiguous and channels_last, eager) against the int8
-model in the form the backend ships (eager: frozen TorchScript), on the CPU at batch 1 and 256."""
+"""`inference` and `sizes`: every FP32 CPU path against every int8 path, side by side in one run,
+at batch 1 and 256.
+
+FP32 contenders (tasks/fp32_paths.py): eager (contiguous and channels_last), Inductor-compiled
+(freezing on) and ONNX Runtime. int8 contenders: each backend of `inference.backends` in the
+form it ships (eager: frozen TorchScript; pt2e: the Q/DQ program through Inductor), and each
+runtime of its saved artifacts (pt2e: ONNX Runtime on model_int8.onnx, named `ort_<qconfig>`),
+for every qconfig. All of them are timed round-robin, so a busy spell hits each alike.
+
+Each int8 figure is reported against the BEST FP32 path (speedup) and against the machine's
+own int8 / FP32 conv kernel ratio (kernels.py): `of_kernel` = speedup / kernel ratio, the share
+of what this CPU's int8 kernels allow that the whole network gets.
+"""
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from labquant.config.groups import load_group_option
+from labquant.config.instantiate import instantiate
 from labquant.quant.backend import Int8Model, QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
+from labquant.reports.machine import cpu
 from labquant.tasks.bench.common import build_model, normalized_batch
+from labquant.tasks.bench.kernels import bench_kernel_ratio
 from labquant.tasks.bench.timing import interleaved_best_seconds, rate, ratio
+from labquant.tasks.fp32_paths import best_fp32, fp32_runtimes
 
 BATCH_SIZES = (1, 256)
+# Short names of a backend's other runtimes in bench.json (`ort_x86`).
+RUNTIME_PREFIX = {"onnxruntime": "ort"}
+
+Runner = Callable[[Tensor], Tensor]
+
+
+def backend_for(name: str, compile: bool, onnx: bool) -> QuantBackend:
+    """conf/backend/<name>.yaml, with the bench's `compile` / `onnx` switches applied to the
+    backends that take them (pt2e)."""
+    option = load_group_option("backend", name, "inference.backends")
+    switches = {
+        key: value for key, value in (("compile", compile), ("onnx", onnx)) if key in option
+    }
+    return instantiate(OmegaConf.merge(option, switches), f"backend={name}")
 
 
 def int8_model(
@@ -31,80 +64,155 @@ def int8_model(
     return backend.convert(net, calibration[0])
 
 
-def forward_pass(net: Callable[[Tensor], Tensor], batch: Tensor) -> Callable[[], object]:
-    """One inference call (an int8 model sets its own kernels per call: contenders alternate)."""
-    return lambda: net(batch)
+def shipped_runtimes(backend: QuantBackend, int8: Int8Model) -> dict[str, Runner]:
+    """The backend's other runtimes of its saved artifacts (pt2e: ONNX Runtime on
+    model_int8.onnx), from a temporary folder; each has read its file when this returns."""
+    with tempfile.TemporaryDirectory(prefix="labquant_bench_") as tmp:
+        saved = backend.save(int8, Path(tmp))
+        return dict(backend.runtimes(Path(tmp), saved))
 
 
-def interleaved_img_s(
-    nets: dict[str, tuple[Callable[[Tensor], Tensor], bool]], batch: Tensor, repeats: int
-) -> dict[str, float]:
-    """Images per second of each (model, channels_last input), timed round-robin; the warm-up
-    passes let oneDNN build its kernels for this shape."""
-    channels_last = batch.contiguous(memory_format=torch.channels_last)
-    runs = {
-        name: forward_pass(net, channels_last if nhwc else batch)
-        for name, (net, nhwc) in nets.items()
-    }
+def interleaved_img_s(runs: dict[str, Runner], batch: Tensor, repeats: int) -> dict[str, float]:
+    """Images per second of each runtime, timed round-robin; the warm-up passes let oneDNN build
+    its kernels for this shape and Inductor compile it (not timed)."""
+    calls = {name: (lambda run=run: run(batch)) for name, run in runs.items()}
     with torch.inference_mode():
-        seconds = interleaved_best_seconds(runs, repeats, warmup=2 if len(batch) == 1 else 1)
+        seconds = interleaved_best_seconds(calls, repeats, warmup=2 if len(batch) == 1 else 1)
     return {name: rate(len(batch), s) for name, s in seconds.items()}
+
+
+def batch_row(
+    fp32: dict[str, float], int8: dict[str, float], kernel_ratio: float | None
+) -> dict[str, Any]:
+    """One batch size: every path's img/s, the best FP32 path, and each int8 contender's
+    speedup over it and share of the kernel ratio."""
+    best_path, best = best_fp32(fp32)
+    speedup = {name: ratio(value, best) for name, value in int8.items()}
+    row: dict[str, Any] = {
+        "fp32": fp32,
+        "fp32_best": best,
+        "fp32_best_path": best_path,
+        "int8": int8,
+        "speedup": speedup,
+    }
+    if kernel_ratio:
+        row["of_kernel"] = {name: ratio(s, kernel_ratio) for name, s in speedup.items()}
+    if int8:
+        int8_path = max(int8, key=lambda name: int8[name])
+        row["int8_best"], row["int8_best_path"] = int8[int8_path], int8_path
+    return row
+
+
+def headline(
+    row: dict[str, Any], flavours: dict[str, list[str]], kernel_ratio: float | None, key: str
+) -> dict[str, Any]:
+    """`int8_speedup_<b>`: every qconfig must deploy fast with SOME runtime, so each qconfig's
+    best contender counts and the worst qconfig decides (`..._path` names that contender)."""
+    best_of = {
+        q: max(names, key=lambda name: row["speedup"][name]) for q, names in flavours.items()
+    }
+    decisive = min(best_of.values(), key=lambda name: row["speedup"][name])
+    speedup = row["speedup"][decisive]
+    out = {f"int8_speedup_{key}": speedup, f"int8_speedup_{key}_path": decisive}
+    if kernel_ratio:
+        out[f"int8_of_kernel_{key}"] = ratio(speedup, kernel_ratio)
+    return out
 
 
 def bench_model(
     name: str,
-    backend: QuantBackend,
+    backends: dict[str, QuantBackend],
     qconfigs: dict[str, QConfigSpec],
     repeats: dict[int, int],
     calibration_batches: int,
+    compile: bool = True,
+    onnx: bool = True,
+    kernel_ratio: float | None = None,
+    timed: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(inference row, sizes row) of one model."""
+    """(inference row, sizes row) of one model; `timed=False`: the sizes only."""
     fp32 = build_model(name).eval()
     calibration = [normalized_batch(64, seed=i)[0] for i in range(calibration_batches)]
-    batches = {b: normalized_batch(b, seed=100 + b)[0] for b in BATCH_SIZES}
-    nhwc = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
-    contenders: dict[str, tuple[Callable[[Tensor], Tensor], bool]] = {
-        "fp32_contiguous": (fp32, False),
-        "fp32_channels_last": (nhwc, True),
-    }
     fp32_mib = serialized_mib(fp32.state_dict())
     sizes: dict[str, Any] = {"fp32_mib": fp32_mib}
-    for qconfig, spec in qconfigs.items():
-        int8 = int8_model(backend, fp32, spec, calibration)
-        contenders[qconfig] = (int8, False)
-        artifact = backend.artifact_sizes(int8)
-        sizes[qconfig] = {**artifact, "ratio": ratio(artifact["int8_mib"], fp32_mib)}
-    row: dict[str, Any] = {"fp32": {}, "fp32_best": {}, **{q: {} for q in qconfigs}}
+    int8: dict[str, Runner] = {}
+    others: dict[str, Runner] = {}  # other runtimes, after the backends' own forms
+    flavours: dict[str, list[str]] = {q: [] for q in qconfigs}
+    for backend in backends.values():
+        for qconfig, spec in qconfigs.items():
+            model = int8_model(backend, fp32, spec, calibration)
+            contender = f"{backend.name}_{qconfig}"
+            artifact = backend.artifact_sizes(model)
+            sizes[contender] = {**artifact, "ratio": ratio(artifact["int8_mib"], fp32_mib)}
+            if not timed:
+                continue
+            int8[contender] = model
+            flavours[qconfig].append(contender)
+            if onnx:
+                for runtime, run in shipped_runtimes(backend, model).items():
+                    other = f"{RUNTIME_PREFIX.get(runtime, runtime)}_{qconfig}"
+                    others[other] = run
+                    flavours[qconfig].append(other)
+    sizes["ratio"] = max(v["ratio"] for v in sizes.values() if isinstance(v, dict))
+    if not timed:
+        return {}, sizes
+    int8.update(others)
+    fp32_paths = fp32_runtimes(fp32, calibration[0], compile=compile, onnx=onnx)
+    row: dict[str, Any] = {}
     for b in BATCH_SIZES:
         key = f"b{b}"
-        measured = interleaved_img_s(contenders, batches[b], repeats[b])
-        row["fp32"][key] = {
-            "contiguous": measured["fp32_contiguous"],
-            "channels_last": measured["fp32_channels_last"],
-        }
-        row["fp32_best"][key] = max(row["fp32"][key].values())
-        for qconfig in qconfigs:
-            row[qconfig][key] = measured[qconfig]
-            row[f"{qconfig}_speedup_{key}"] = ratio(measured[qconfig], row["fp32_best"][key])
-    for b in BATCH_SIZES:  # the target applies to every int8 flavour: report the worst
-        row[f"int8_speedup_b{b}"] = min(row[f"{q}_speedup_b{b}"] for q in qconfigs)
-    sizes["ratio"] = max(sizes[q]["ratio"] for q in qconfigs)
+        batch = normalized_batch(b, seed=100 + b)[0]
+        measured = interleaved_img_s({**fp32_paths, **int8}, batch, repeats[b])
+        row[key] = batch_row(
+            {path: measured[path] for path in fp32_paths},
+            {contender: measured[contender] for contender in int8},
+            kernel_ratio,
+        )
+    for b in BATCH_SIZES:
+        row.update(headline(row[f"b{b}"], flavours, kernel_ratio, f"b{b}"))
     return row, sizes
 
 
 def bench_inference(
     models: list[str],
-    backend: QuantBackend,
+    backends: dict[str, QuantBackend],
     qconfigs: dict[str, QConfigSpec],
     repeats_b1: int,
     repeats_b256: int,
     calibration_batches: int,
+    compile: bool = True,
+    onnx: bool = True,
+    kernel: dict[str, int] | None = None,
+    timed: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`inference` and `sizes` sections for every model (both need the same int8 models)."""
-    inference: dict[str, Any] = {"threads": torch.get_num_threads(), "backend": backend.name}
-    sizes: dict[str, Any] = {"file": "state_dict (as labquant saves it: size_mib in results.json)"}
+    """`inference` and `sizes` sections for every model (both need the same int8 models);
+    `kernel`: bench_kernel_ratio's arguments (None: no kernel ratio); `timed=False`: sizes
+    only (nothing compiled or timed)."""
+    inference: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "isa": cpu()["isa"],
+        "backends": [b.name for b in backends.values()],
+    }
+    kernel_ratio = None
+    if timed and kernel is not None:
+        inference["kernel"] = bench_kernel_ratio(**kernel)
+        kernel_ratio = inference["kernel"]["int8_over_fp32"]
+    sizes: dict[str, Any] = {
+        "file": "int8_mib: what labquant saves per backend (eager: state_dict, pt2e: .pt2)"
+    }
+    repeats = {1: repeats_b1, 256: repeats_b256}
     for name in models:
-        inference[name], sizes[name] = bench_model(
-            name, backend, qconfigs, {1: repeats_b1, 256: repeats_b256}, calibration_batches
+        row, sizes[name] = bench_model(
+            name,
+            backends,
+            qconfigs,
+            repeats,
+            calibration_batches,
+            compile=compile,
+            onnx=onnx,
+            kernel_ratio=kernel_ratio,
+            timed=timed,
         )
+        if timed:
+            inference[name] = row
     return inference, sizes

@@ -78,20 +78,83 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def _inference_rows(inference: dict[str, Any], qconfigs: list[str]) -> list[str]:
-    lines = []
-    for model, row in inference.items():
-        if not isinstance(row, dict) or "fp32_best" not in row:
-            continue
-        for b in ("b1", "b256"):
-            fp32 = row["fp32"][b]
-            cells = [model, b, f"{fp32['contiguous']:g}", f"{fp32['channels_last']:g}"]
-            cells += [f"{row[q][b]:g} ({row[f'{q}_speedup_{b}']:.2f}x)" for q in qconfigs]
-            lines.append("| " + " | ".join(cells) + " |")
+def _img_s(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _columns(inference: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(model, batch, that batch's row) for every measured model and batch size."""
+    return [
+        (model, b, row[b])
+        for model, row in inference.items()
+        if isinstance(row, dict)
+        for b in ("b1", "b256")
+        if isinstance(row.get(b), dict) and "fp32_best" in row[b]
+    ]
+
+
+def _paths(columns: list[tuple[str, str, dict[str, Any]]], kind: str) -> list[str]:
+    names: dict[str, None] = {}
+    for _, _, row in columns:
+        names.update(dict.fromkeys(row.get(kind, {})))
+    return list(names)
+
+
+def _int8_cell(row: dict[str, Any], name: str) -> str:
+    if name not in row.get("int8", {}):
+        return "-"
+    cell = f"{_img_s(row['int8'][name])} ({row['speedup'][name]:.2f}x"
+    if name in row.get("of_kernel", {}):
+        cell += f"; {row['of_kernel'][name]:.2f} of kernel"
+    return cell + ")"
+
+
+def inference_table(inference: dict[str, Any], isa: str) -> list[str]:
+    """bench.md's inference part: the ISA and kernel ratio, one column per model and batch,
+    one row per path, and a plain list of the int8 paths slower than the best FP32 path."""
+    columns = _columns(inference)
+    if not columns:
+        return []
+    kernel = inference.get("kernel")
+    lines = ["## Inference on the CPU, img/s", "", f"CPU ISA: **{isa}**; "]
+    if kernel:
+        lines[-1] += (
+            f"kernel ratio ({kernel['shape']}): int8 runs **{kernel['int8_over_fp32']:.2f}x** "
+            f"FP32 ({kernel['int8_best']} vs {kernel['fp32_best']}). "
+        )
+    lines[-1] += "int8 cells: img/s (speedup over the best FP32 path" + (
+        "; that speedup as a fraction of the kernel ratio)." if kernel else ")."
+    )
+    lines += [
+        "",
+        "| path | " + " | ".join(f"{model} {b}" for model, b, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for path in _paths(columns, "fp32"):
+        cells = [_img_s(row["fp32"][path]) if path in row["fp32"] else "-" for *_, row in columns]
+        lines.append(f"| FP32 {path} | " + " | ".join(cells) + " |")
+    best = [f"{row['fp32_best_path']} ({_img_s(row['fp32_best'])})" for *_, row in columns]
+    lines.append("| **best FP32** | " + " | ".join(best) + " |")
+    for name in _paths(columns, "int8"):
+        lines.append(
+            f"| int8 {name} | " + " | ".join(_int8_cell(row, name) for *_, row in columns) + " |"
+        )
+    slower = []
+    for model, b, row in columns:
+        names = [
+            f"{n} {row['speedup'][n]:.2f}x" for n in row.get("int8", {}) if row["speedup"][n] < 1
+        ]
+        if names:
+            slower.append(f"{model} {b} (vs {row['fp32_best_path']}): {', '.join(names)}")
+    lines.append("")
+    if slower:
+        lines.append("int8 is SLOWER than the best FP32 path here: " + "; ".join(slower) + ".")
+    else:
+        lines.append("Every int8 path is faster than the best FP32 path.")
     return lines
 
 
-def markdown(results: dict[str, Any], qconfigs: list[str]) -> str:
+def markdown(results: dict[str, Any]) -> str:
     """bench.md: the machine, every target with its verdict, then the figures behind them."""
     m = results["machine"]
     out = [
@@ -108,16 +171,8 @@ def markdown(results: dict[str, Any], qconfigs: list[str]) -> str:
     ]
     inference = results.get("inference")
     if inference:
-        header = "| model | batch | FP32 contiguous | FP32 channels_last | "
-        header += " | ".join(f"int8 {q} (speedup)" for q in qconfigs) + " |"
-        out += [
-            "",
-            "## Inference on the CPU, img/s",
-            "",
-            header,
-            "|" + "---|" * (4 + len(qconfigs)),
-            *_inference_rows(inference, qconfigs),
-        ]
+        table = inference_table(inference, inference.get("isa") or m.get("isa", "not recorded"))
+        out += ["", *table]
     for section in ("augment", "train_step", "qat_step", "sizes", "gpu"):
         if section in results:
             out += ["", f"## {section}", "", "```", _flat(results[section]), "```"]

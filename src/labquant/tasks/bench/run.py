@@ -17,7 +17,7 @@ from labquant.reports.artifacts import write_json, write_text
 from labquant.tasks.bench.augment import bench_augment
 from labquant.tasks.bench.common import qconfig_specs, synthetic_data
 from labquant.tasks.bench.gpu import bench_gpu
-from labquant.tasks.bench.inference import bench_inference
+from labquant.tasks.bench.inference import backend_for, bench_inference
 from labquant.tasks.bench.report import check_targets, machine, markdown
 from labquant.tasks.bench.training import bench_qat_step, bench_train_step
 
@@ -57,12 +57,24 @@ def run_sections(cfg: DictConfig) -> dict[str, Any]:
             t.model, t.images, t.batch_size, t.epochs, t.rounds
         )
     if "inference" in sections or "sizes" in sections:
-        log.info("inference and sizes: FP32 vs int8 on the CPU")
+        timed = "inference" in sections
+        log.info("inference and sizes: every FP32 path vs every int8 path on the CPU")
         i = cfg.inference
+        backends = {name: backend_for(name, i.compile, i.onnx) for name in i.backends}
+        kernel = OmegaConf.to_container(i.kernel) if i.kernel is not None else None
         inference, sizes = bench_inference(
-            list(i.models), backend, qconfigs, i.repeats_b1, i.repeats_b256, i.calibration_batches
+            list(i.models),
+            backends,
+            qconfigs,
+            i.repeats_b1,
+            i.repeats_b256,
+            i.calibration_batches,
+            compile=i.compile,
+            onnx=i.onnx,
+            kernel=kernel,
+            timed=timed,
         )
-        if "inference" in sections:
+        if timed:
             results["inference"] = inference
         if "sizes" in sections:
             results["sizes"] = sizes
@@ -97,5 +109,5 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     results["targets"] = check_targets(results, list(cfg.targets))
     out_dir = Path(cfg.paths.output_dir)
     write_json(out_dir / "bench.json", results)
-    write_text(out_dir / "bench.md", markdown(results, list(cfg.qconfigs)))
+    write_text(out_dir / "bench.md", markdown(results))
     return results
