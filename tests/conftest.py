@@ -107,6 +107,7 @@ TINY_LAB = [
     "lab.ptq.calibration_batches=4",
     "lab.ptq.measure_latency=true",
     "lab.ptq.fp32_paths=[eager]",  # an Inductor compile costs 30-60 s
+    "lab.qat.fp32_paths=[eager]",
 ]
 
 
