@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labquant.tasks.lab import run_lab
-from tests.conftest import TINY_LAB, compose_config
+from tests.conftest import SHORTEST_LAB, TINY, TINY_LAB, compose_config
 
 LAB = TINY_LAB
 
@@ -64,3 +64,20 @@ def test_report_names_the_cpu_and_its_isa_beside_the_speed_figures(lab_dir: Path
     isa = stage["cpu"]["isa"]
     assert isa.startswith(torch.backends.cpu.get_cpu_capability())
     assert f"({isa})" in (lab_dir / "report.md").read_text()
+
+
+def test_lab_backends_name_the_pt2e_stages_and_rows(tmp_path: Path) -> None:
+    """lab.backends=[pt2e]: the PT2E stages (<mode>_<qconfig>_pt2e) from the FP32 run, and report
+    rows that say which backend made them (eager's stages keep their names: test above)."""
+    overrides = [*TINY, *SHORTEST_LAB, "backend=pt2e", "backend.compile=false"]
+    overrides += ["backend.onnx=false", "lab.backends=[pt2e]"]
+    lab_dir = tmp_path / "lab"
+    run_lab(compose_config("lab", overrides, lab_dir))
+    rows = json.loads((lab_dir / "report.json").read_text())["rows"]
+    assert [(r["dir"], r["backend"]) for r in rows] == [
+        ("fp32", None),
+        ("ptq_pot_pt2e", "pt2e"),
+        ("qat_pot_pt2e", "pt2e"),
+    ]
+    assert (lab_dir / "ptq_pot_pt2e" / "model_int8.pt2").is_file()
+    assert "| PTQ | pt2e |" in (lab_dir / "report.md").read_text()
