@@ -281,15 +281,20 @@ def test_unwritable_run_folder_even_for_root(tmp_path: Path) -> None:
         ("labquant-train", "data.batch_size=abc", ["data.batch_size=abc is not an integer"]),
         ("labquant-train", "model.layers=[2,0]", ["model.layers=[2,0]", "integers >= 1"]),
         ("labquant-lab", "lab.qconfigs=[]", ["lab.qconfigs=[] needs at least one item"]),
+        ("labquant-lab", "backend=nope", ["backend=nope", "pt2e"]),
+        ("labquant-lab", "lab.backends=[eager,nope]", ["lab.backends", "nope"]),
+        # a pair the backend cannot realise: refused before the FP32 stage trains
+        ("labquant-lab", ["lab.backends=[pt2e]", "lab.qconfigs=[qnnpack]"], ["pt2e", "qnnpack"]),
         # raised inside hydra.utils.instantiate: Hydra's multi-line wrapper, made one line
         ("labquant-train", "+model.width=3", ["model=", "unexpected keyword argument 'width'"]),
     ],
 )
 def test_bad_setting_is_one_line_before_any_work(
-    tmp_path: Path, prog: str, override: str, needles: list[str]
+    tmp_path: Path, prog: str, override: str | list[str], needles: list[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli(*TINY, override, run_dir=run_dir, prog=prog)
+    overrides = override if isinstance(override, list) else [override]
+    result = run_cli(*TINY, *overrides, run_dir=run_dir, prog=prog)
     assert_one_line_error(result, *needles, prog=prog)
     assert_nothing_written(run_dir)
     assert not (run_dir / "fp32").exists()
