@@ -132,10 +132,7 @@ class PT2EBackend:
 
     def convert(self, prepared: nn.Module, example: Tensor) -> PT2EInt8Model:
         qconfig: QConfigSpec = getattr(prepared, _SPEC_ATTR)
-        training = prepared.training
-        work = copy.deepcopy(prepared).cpu()
-        prepared.train(training)
-        work.eval()
+        work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was
         converted = convert_pt2e(work)
         if qconfig.power_of_two and qconfig.snap_bias:
             inspect.snap_biases(converted)

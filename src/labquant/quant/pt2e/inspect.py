@@ -37,12 +37,9 @@ def _is(node: Any, fragment: str) -> bool:
 
 
 def _const(gm: GraphModule, node: Any) -> Any:
+    """A get_attr node's tensor (per-channel scales), anything else as it is."""
     if isinstance(node, Node) and node.op == "get_attr":
-        return (
-            gm.get_parameter(node.target)
-            if node.target in dict(gm.named_parameters())
-            else (getattr_path(gm, node.target))
-        )
+        return getattr_path(gm, node.target)
     return node
 
 
