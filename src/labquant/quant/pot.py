@@ -92,3 +92,23 @@ def power_of_two_qparams(observer: Any) -> tuple[Tensor, Tensor]:
     observer.clamp_underflow |= counts & (shift > observer.max_shift_amount)
     scale = torch.where(observed, scale_approximate(raw_scale, observer.max_shift_amount), 1.0)
     return scale.reshape(1), zero_point
+
+
+def observe_min_max(observer: Any, x_orig: Tensor) -> Tensor:
+    """A min/max observer's forward, except that a NaN batch adds no range instead of poisoning
+    min/max (torch.min/max propagate NaN, so one NaN would fix the scale at 1.0 for good;
+    fmin/fmax skip it). Infinities still count: they widen the range and are flagged."""
+    if x_orig.numel() == 0:
+        return x_orig
+    x = x_orig.detach().to(observer.min_val.dtype)
+    min_cur, max_cur = torch.aminmax(x)
+    observer.min_val.copy_(torch.fmin(min_cur, observer.min_val))
+    observer.max_val.copy_(torch.fmax(max_cur, observer.max_val))
+    return x_orig
+
+
+def clamp_status_of(observer: Any) -> str:
+    """'overflow' / 'underflow' if the observer's scale was ever clamped (overflow wins)."""
+    if bool(observer.clamp_overflow):
+        return "overflow"
+    return "underflow" if bool(observer.clamp_underflow) else "ok"

@@ -15,7 +15,13 @@ from torch.ao.quantization.observer import MinMaxObserver
 
 from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
-from labquant.quant.pot import clamp_status, power_of_two_qparams, scale_approximate
+from labquant.quant.pot import (
+    clamp_status,
+    clamp_status_of,
+    observe_min_max,
+    power_of_two_qparams,
+    scale_approximate,
+)
 
 __all__ = ["CusQuantObserver", "PotFakeQuantize", "clamp_status", "scale_approximate"]
 
@@ -78,18 +84,8 @@ class CusQuantObserver(MinMaxObserver):
         self.register_buffer("clamp_underflow", torch.tensor(False))
 
     def forward(self, x_orig: Tensor) -> Tensor:
-        """MinMaxObserver.forward, but a NaN batch adds no range instead of poisoning min/max.
-
-        (torch.min/max propagate NaN, so one NaN would fix the scale at 1.0 for good; fmin/fmax
-        skip it. Infinities still count: they widen the range and are flagged as overflow.)
-        """
-        if x_orig.numel() == 0:
-            return x_orig
-        x = x_orig.detach().to(self.min_val.dtype)
-        min_cur, max_cur = torch.aminmax(x)
-        self.min_val.copy_(torch.fmin(min_cur, self.min_val))
-        self.max_val.copy_(torch.fmax(max_cur, self.max_val))
-        return x_orig
+        """MinMaxObserver.forward, but a NaN batch adds no range (quant/pot.py)."""
+        return observe_min_max(self, x_orig)
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """MinMaxObserver's symmetric scale, rounded to 2**-n (quant/pot.py, shared with the
@@ -99,9 +95,7 @@ class CusQuantObserver(MinMaxObserver):
     @property
     def clamp_status(self) -> str:
         """'overflow' / 'underflow' if ever clamped (overflow wins), else 'ok'."""
-        if bool(self.clamp_overflow):
-            return "overflow"
-        return "underflow" if bool(self.clamp_underflow) else "ok"
+        return clamp_status_of(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_shift_amount={self.max_shift_amount}"

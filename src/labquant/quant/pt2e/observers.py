@@ -16,7 +16,7 @@ from torch import Tensor
 from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 
 from labquant.config.schema import check_max_shift_amount
-from labquant.quant.pot import power_of_two_qparams
+from labquant.quant.pot import clamp_status_of, observe_min_max, power_of_two_qparams
 
 
 class PotObserver(MinMaxObserver):
@@ -47,23 +47,15 @@ class PotObserver(MinMaxObserver):
         self.register_buffer("clamp_underflow", torch.tensor(False))
 
     def forward(self, x_orig: Tensor) -> Tensor:
-        """MinMaxObserver.forward, but a NaN batch adds no range (fmin / fmax skip NaN)."""
-        if x_orig.numel() == 0:
-            return x_orig
-        x = x_orig.detach().to(self.min_val.dtype)
-        min_cur, max_cur = torch.aminmax(x)
-        self.min_val.copy_(torch.fmin(min_cur, self.min_val))
-        self.max_val.copy_(torch.fmax(max_cur, self.max_val))
-        return x_orig
+        """MinMaxObserver.forward, but a NaN batch adds no range (quant/pot.py)."""
+        return observe_min_max(self, x_orig)
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         return power_of_two_qparams(self)
 
     @property
     def clamp_status(self) -> str:
-        if bool(self.clamp_overflow):
-            return "overflow"
-        return "underflow" if bool(self.clamp_underflow) else "ok"
+        return clamp_status_of(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_shift_amount={self.max_shift_amount}"
