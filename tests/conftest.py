@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 from torch.ao.quantization import QConfig
 
 from labquant.config.groups import load_group_option
@@ -156,3 +158,22 @@ def get_qconfig(name: str, qat: bool, max_shift_amount: int | None = None) -> QC
 def backend_for(name: str) -> str:
     """The quantized engine the eager backend runs `qconfig=<name>` on."""
     return engine_for(qconfig_spec(name))
+
+
+def trained_fp32_net(fp32: dict, run: Path) -> nn.Module:
+    """The FP32 network of `fp32_checkpoint_run`, with its trained weights, in eval mode."""
+    from labquant.models import build_resnet
+
+    net = build_resnet(**fp32["arch"]).eval()
+    net.load_state_dict(torch.load(run / "model_fp32_state_dict.pt"))
+    return net
+
+
+def held_out_images() -> torch.Tensor:
+    """Normalized test images of the same synthetic task: never trained or calibrated on."""
+    from labquant.data.augment import normalize
+    from labquant.data.synthetic import SyntheticDataModule
+
+    held_out = SyntheticDataModule(num_train=1200, num_test=512, val_size=200)
+    held_out.setup()
+    return normalize(held_out.arrays("test")[0])

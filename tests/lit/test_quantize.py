@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from labquant.data.synthetic import SyntheticDataModule
-from labquant.models import build_resnet
 from labquant.tasks.quantize import quantize
-from tests.conftest import QUANT_MODEL, compose_config
+from tests.conftest import QUANT_MODEL, compose_config, held_out_images, trained_fp32_net
 
 
 def _quantize(tmp: Path, checkpoint: Path, *overrides: str) -> dict:
@@ -102,14 +100,8 @@ def test_int8_agrees_with_fp32_and_is_small(
         "quant.measure_latency=false",
     )
     int8 = torch.jit.load(tmp_path / "model_int8.pt")
-    net = build_resnet(**fp32["arch"]).eval()
-    net.load_state_dict(torch.load(run / "model_fp32_state_dict.pt"))
-    # A held-out batch of the same synthetic task: test images, never trained or calibrated on.
-    held_out = SyntheticDataModule(num_train=1200, num_test=512, val_size=200)
-    held_out.setup()
-    from labquant.data.augment import normalize
-
-    x = normalize(held_out.arrays("test")[0])
+    net = trained_fp32_net(fp32, run)
+    x = held_out_images()  # test images of the same task, never trained or calibrated on
     with torch.inference_mode():
         agree = (int8(x).argmax(1) == net(x).argmax(1)).float().mean().item()
     assert agree >= 0.95, agree

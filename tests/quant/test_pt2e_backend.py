@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from labquant.data.augment import normalize
-from labquant.data.synthetic import SyntheticDataModule
 from labquant.errors import ConfigError
-from labquant.models import build_resnet
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import EagerBackend
 from labquant.quant.pt2e import onnx_export
 from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
 from labquant.tasks.quantize import quantize
-from tests.conftest import QUANT_MODEL, compose_config, qconfig_spec
+from tests.conftest import (
+    QUANT_MODEL,
+    compose_config,
+    held_out_images,
+    qconfig_spec,
+    trained_fp32_net,
+)
 
 PT2E = ["backend=pt2e", "backend.compile=false", "quant.measure_latency=false"]
 needs_onnx = pytest.mark.skipif(not onnx_export.available(), reason="the [export] extra")
@@ -89,11 +92,8 @@ def test_pt2e_int8_agrees_with_fp32_on_held_out_images(fp32_checkpoint_run, ptq_
     fp32, run = fp32_checkpoint_run
     results, out = ptq_pt2e_pot
     int8 = PT2EBackend(compile=False).load(out, results)
-    net = build_resnet(**fp32["arch"]).eval()
-    net.load_state_dict(torch.load(run / "model_fp32_state_dict.pt"))
-    held_out = SyntheticDataModule(num_train=1200, num_test=512, val_size=200)
-    held_out.setup()
-    x = normalize(held_out.arrays("test")[0])
+    net = trained_fp32_net(fp32, run)
+    x = held_out_images()
     with torch.inference_mode():
         agree = (int8(x).argmax(1) == net(x).argmax(1)).float().mean().item()
     assert agree >= 0.95, agree
