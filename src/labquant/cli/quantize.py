@@ -13,8 +13,9 @@ PROG = "labquant-quantize"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="quantize")
-def _hydra_main(cfg: DictConfig) -> float:
-    return run_job(quantize, cfg, PROG)["test_acc"]
+def _hydra_main(cfg: DictConfig) -> float | None:
+    # None on the non-zero ranks of a DDP run: rank 0 alone tests and writes results
+    return run_job(quantize, cfg, PROG).get("test_acc")
 
 
 def main() -> None:

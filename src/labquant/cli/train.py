@@ -13,8 +13,9 @@ PROG = "labquant-train"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
-    return run_job(train, cfg, PROG)["test_acc"]  # the value a Hydra sweeper would optimise
+def _hydra_main(cfg: DictConfig) -> float | None:
+    # None on the non-zero ranks of a DDP run: rank 0 alone tests and writes results
+    return run_job(train, cfg, PROG).get("test_acc")  # the value a Hydra sweeper would optimise
 
 
 def main() -> None:
