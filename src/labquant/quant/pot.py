@@ -112,3 +112,10 @@ def clamp_status_of(observer: Any) -> str:
     if bool(observer.clamp_overflow):
         return "overflow"
     return "underflow" if bool(observer.clamp_underflow) else "ok"
+
+
+def snap_correction(bias: Tensor, grid: Tensor) -> Tensor:
+    """What moves `bias` onto its accumulator grid `s_in * s_w` (round half to even, as
+    convert's snap does), detached: added to a QAT forward it fake-quantizes the bias with a
+    straight-through gradient (both backends' QAT bias fake-quant)."""
+    return (torch.round(bias / grid) * grid - bias).detach()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
-from labquant.quant.eager import inspect, integer, workflow
+from labquant.quant.eager import bias_quant, inspect, integer, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
 from labquant.quant.qconfigs import QConfigSpec
@@ -56,7 +56,10 @@ class EagerBackend:
         relu = relu_output_qconfig(qconfig, qat=qat)
         prepared = prepare(net, eager_qconfig(qconfig, qat=qat), relu)
         setattr(prepared, _ENGINE_ATTR, engine)
-        setattr(prepared, _SNAP_ATTR, qconfig.power_of_two and qconfig.snap_bias)
+        snap = qconfig.power_of_two and qconfig.snap_bias
+        setattr(prepared, _SNAP_ATTR, snap)
+        if qat and snap:
+            bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         return prepared
 
     def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
@@ -84,6 +87,7 @@ class EagerBackend:
         engine = getattr(prepared, _ENGINE_ATTR, None) or torch.backends.quantized.engine
         workflow.set_engine(engine)
         module = workflow.convert_int8(prepared)
+        bias_quant.remove(module)
         if getattr(prepared, _SNAP_ATTR, False):
             integer.snap_biases(module, example.detach().cpu())
         script = to_torchscript(module, example[:1].detach().cpu())
