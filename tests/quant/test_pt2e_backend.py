@@ -15,6 +15,8 @@ from labquant.models.resnet import small_resnet
 from labquant.quant.eager import EagerBackend
 from labquant.quant.pt2e import onnx_export
 from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
+from labquant.quant.pt2e.bias_quant import FoldedBiasSnap
+from labquant.quant.pt2e.inspect import getattr_path
 from labquant.tasks.quantize import quantize
 from tests.conftest import (
     QUANT_MODEL,
@@ -152,3 +154,47 @@ def test_a_missing_or_damaged_onnx_file_is_a_one_line_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="is not a readable ONNX model") as broken:
         onnx_export.OnnxInt8Model(damaged)
     assert "\n" not in str(broken.value)
+
+
+def test_qat_trains_against_the_folded_bias_that_convert_ships() -> None:
+    """pot + snap_bias: once BN is frozen, QAT adds each conv-BN's folded bias snapped to its
+    accumulator grid s_in * s_w, and that is the bias the converted program holds."""
+    backend = PT2EBackend(compile=False, onnx=False)
+    torch.manual_seed(0)
+    net = small_resnet(layers=[1, 1], base_width=8).train()
+    prepared = backend.prepare_qat(net, qconfig_spec("pot"), torch.zeros(2, 3, 32, 32))
+    snaps = [m for m in prepared.modules() if isinstance(m, FoldedBiasSnap)]
+    assert len(snaps) == 6  # stem, 2 + 2 block convs, the downsample
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.05)
+    for step in range(4):
+        if step == 2:
+            backend.freeze_bn_stats(prepared)
+        assert all(m.active == (step >= 2) for m in snaps)  # on once BN stats are frozen
+        loss = prepared(torch.randn(8, 3, 32, 32)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(_m: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        bn_out, gamma, beta, mean, var, s_in, s_w, eps = inputs
+        folded = beta - mean * gamma / torch.sqrt(var + eps)
+        trained.append((folded + (out - bn_out)[0, :, 0, 0], s_in * s_w))
+
+    for m in snaps:
+        m.register_forward_hook(record)
+    prepared.eval()
+    with torch.no_grad():
+        prepared(torch.zeros(1, 3, 32, 32))
+    gm = backend.convert(prepared, torch.zeros(2, 3, 32, 32)).module
+    conv = torch.ops.aten.conv2d.default
+    shipped = [
+        getattr_path(gm, n.args[2].target)
+        for n in gm.graph.nodes
+        if n.target is conv and n.args[2] is not None and n.args[2].op == "get_attr"
+    ]
+    assert len(trained) == len(shipped) == 6
+    for (bias, grid), ship in zip(trained, shipped, strict=True):
+        codes = (bias / grid).detach()
+        torch.testing.assert_close(codes, codes.round(), rtol=0, atol=1e-3)  # on the grid
+        torch.testing.assert_close(bias.detach(), ship, rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torchao.quantization.pt2e import FakeQuantizeBase
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from labquant.errors import ConfigError
-from labquant.quant.pt2e import graph, inspect, onnx_export
+from labquant.quant.pt2e import bias_quant, graph, inspect, onnx_export
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
@@ -106,7 +107,10 @@ class PT2EBackend:
         captured = graph.capture(net, example)
         quantizer = quantizer_for(qconfig, qat=qat, reduce_range=not has_vnni())
         prepare = prepare_qat_pt2e if qat else prepare_pt2e
-        prepared = graph.allow_train_eval(prepare(captured, quantizer))
+        prepared = prepare(captured, quantizer)
+        if qat and qconfig.power_of_two and qconfig.snap_bias:
+            bias_quant.install(prepared)  # fine-tune against the bias convert will ship
+        prepared = graph.allow_train_eval(prepared)
         setattr(prepared, _SPEC_ATTR, qconfig)
         return prepared.train(qat)
 
@@ -133,6 +137,7 @@ class PT2EBackend:
     def convert(self, prepared: nn.Module, example: Tensor) -> PT2EInt8Model:
         qconfig: QConfigSpec = getattr(prepared, _SPEC_ATTR)
         work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was
+        bias_quant.remove(work)  # convert folds BN itself; snap_biases below does the rest
         converted = convert_pt2e(work)
         if qconfig.power_of_two and qconfig.snap_bias:
             inspect.snap_biases(converted)

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torch.fx import GraphModule
 from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
+from labquant.quant.pt2e import bias_quant
+
 BATCH_NORM = torch.ops.aten.batch_norm.default
 BN_FROZEN = "_labquant_bn_frozen"
 _TRAINING_ARG = 5  # aten.batch_norm(input, weight, bias, mean, var, training, momentum, eps, ...)
@@ -38,6 +40,7 @@ def freeze_batch_norm_stats(gm: GraphModule) -> None:
     `training` argument of every batch_norm node to False). Sticky across `.train()`."""
     setattr(gm, BN_FROZEN, True)
     _set_batch_norm_training(gm, False)
+    bias_quant.set_active(gm, True)
 
 
 def _set_batch_norm_training(gm: GraphModule, training: bool) -> None:
@@ -53,12 +56,15 @@ def _set_batch_norm_training(gm: GraphModule, training: bool) -> None:
 
 
 def _train(self: GraphModule, mode: bool = True) -> GraphModule:
+    frozen = getattr(self, BN_FROZEN, False)
     if mode:
         move_exported_model_to_train(self)
-        if getattr(self, BN_FROZEN, False):
+        if frozen:
             _set_batch_norm_training(self, False)
     else:
         move_exported_model_to_eval(self)
+    # The folded-bias fake-quant is on exactly when BN uses its running statistics.
+    bias_quant.set_active(self, frozen or not mode)
     return self
 
 
