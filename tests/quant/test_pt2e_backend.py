@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from labquant.errors import ConfigError
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import EagerBackend
-from labquant.quant.pt2e import onnx_export
+from labquant.quant.pt2e import onnx_export, stem
 from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
 from labquant.quant.pt2e.bias_quant import FoldedBiasSnap
 from labquant.quant.pt2e.inspect import getattr_path
@@ -198,3 +199,38 @@ def test_qat_trains_against_the_folded_bias_that_convert_ships() -> None:
         codes = (bias / grid).detach()
         torch.testing.assert_close(codes, codes.round(), rtol=0, atol=1e-3)  # on the grid
         torch.testing.assert_close(bias.detach(), ship, rtol=0, atol=1e-6)
+
+
+def test_the_stem_conv_keeps_out_of_the_saturating_int8_kernels(ptq_pt2e_pot) -> None:
+    """pot: the stem's weight is dequantized per tensor in the .pt2 (Inductor lowers per-channel
+    weight dequant only, so the stem runs exactly in FP32) and is uint8 with zero point 128 in
+    the .onnx (ORT's U8U8 kernel); the codes and the scale are the same."""
+    results, out = ptq_pt2e_pot
+    gm = load_pt2(out / results["int8_pt2"]).module()
+    convs = [n for n in gm.graph.nodes if n.target is torch.ops.aten.conv2d.default]
+    stems = [n for n in convs if stem.reads_network_input(n)]
+    assert len(stems) == 1 and len(convs) > 1
+    weight_dq = {n: str(n.args[1].target) for n in convs}
+    assert "dequantize_per_tensor" in weight_dq[stems[0]]
+    assert all("dequantize_per_channel" in t for n, t in weight_dq.items() if n is not stems[0])
+    dq = stems[0].args[1]
+    codes = getattr_path(gm, dq.args[0].target)
+    assert codes.dtype == torch.int8
+    if not onnx_export.available():
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(out / results["int8_onnx"]))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: node for node in model.graph.node for o in node.output}
+    weight_codes = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight_dq_node = producer[node.input[1]]
+            weight_codes.append([consts.get(name) for name in weight_dq_node.input])
+    (u8, scale, zp), *others = weight_codes
+    assert u8.dtype == np.uint8 and zp.dtype == np.uint8 and int(zp) == 128
+    assert float(scale) == dq.args[1]
+    assert np.array_equal(u8.astype(np.int16) - 128, codes.numpy())
+    assert all(w.dtype == np.int8 for w, _, _ in others)

@@ -25,7 +25,7 @@ from torchao.quantization.pt2e import FakeQuantizeBase
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from labquant.errors import ConfigError
-from labquant.quant.pt2e import bias_quant, graph, inspect, onnx_export
+from labquant.quant.pt2e import bias_quant, graph, inspect, onnx_export, stem
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
@@ -141,6 +141,8 @@ class PT2EBackend:
         converted = convert_pt2e(work)
         if qconfig.power_of_two and qconfig.snap_bias:
             inspect.snap_biases(converted)
+        if qconfig.power_of_two:
+            stem.per_tensor_stem_weight(converted)  # exact on every CPU (quant/pt2e/stem.py)
         graph.drop_unused_state(converted)
         example = example[:2].detach().cpu().clone()  # not a view: export would store its base
         program = torch.export.export(
