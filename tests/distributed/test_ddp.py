@@ -137,8 +137,13 @@ def test_two_process_test_accuracy_is_the_single_process_one_exactly(ddp_fp32_ru
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend",
+    [["backend=eager"], ["backend=pt2e", "backend.compile=false", "backend.onnx=false"]],
+    ids=["eager", "pt2e"],
+)
 def test_two_process_qat_keeps_scales_equal_on_every_rank_and_converts(
-    ddp_fp32_run: Path, tmp_path: Path
+    ddp_fp32_run: Path, tmp_path: Path, backend: list[str]
 ) -> None:
     os.environ["LABQUANT_PROBE_DIR"] = str(tmp_path)
     fp32 = results(ddp_fp32_run)
@@ -149,6 +154,7 @@ def test_two_process_qat_keeps_scales_equal_on_every_rank_and_converts(
         *DDP,
         f"ckpt_path={ddp_fp32_run / fp32['checkpoint']}",
         "quant=qat",
+        *backend,
         "quant.epochs=2",
         "quant.freeze_bn_epoch=1",
         "quant.freeze_observer_epoch=1",
