@@ -114,6 +114,15 @@ def clamp_status_of(observer: Any) -> str:
     return "underflow" if bool(observer.clamp_underflow) else "ok"
 
 
+def folded_bias(
+    gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float, conv_bias: Tensor | None
+) -> Tensor:
+    """The bias a conv followed by BatchNorm (running statistics) becomes when BN is folded:
+    `beta + (b - mean) * gamma / sqrt(var + eps)`, what both backends' convert ships."""
+    shift = -mean if conv_bias is None else conv_bias - mean
+    return beta + shift * gamma / torch.sqrt(var + eps)
+
+
 def snap_correction(bias: Tensor, grid: Tensor) -> Tensor:
     """What moves `bias` onto its accumulator grid `s_in * s_w` (round half to even, as
     convert's snap does), detached: added to a QAT forward it fake-quantizes the bias with a

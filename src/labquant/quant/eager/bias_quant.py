@@ -25,11 +25,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from labquant.quant.pot import snap_correction
+from labquant.quant.pot import folded_bias, snap_correction
 
 _MARK = "labquant_bias_fake_quant"  # on each hook function, so a converted copy can drop them
 
@@ -57,13 +56,6 @@ def input_fake_quants(prepared: nn.Module) -> dict[str, FakeQuantizeBase]:
     return sources
 
 
-def _folded_bias(module: nn.Module) -> Tensor:
-    bn = module.bn
-    k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv_bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
-    return bn.bias + (conv_bias - bn.running_mean) * k
-
-
 _SOURCE = "_labquant_bias_source"  # on a conv-BN / linear: the fake-quant of its input
 _OWNER = "_labquant_bias_owner"  # on a fused module's bn: the module it belongs to
 
@@ -82,7 +74,8 @@ def _conv_bn_hook(bn: nn.Module, _inputs: Any, out: Tensor) -> Tensor | None:
     if bn.training:  # batch statistics: no folded bias yet
         return None
     module = getattr(bn, _OWNER)
-    correction = snap_correction(_folded_bias(module), _grid(module))
+    bias = folded_bias(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, module.bias)
+    correction = snap_correction(bias, _grid(module))
     return out + correction.reshape(1, -1, *([1] * (out.dim() - 2)))
 
 

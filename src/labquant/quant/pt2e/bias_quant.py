@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import FakeQuantizeBase
 
-from labquant.quant.pot import snap_correction
+from labquant.quant.pot import folded_bias, snap_correction
 
 _CONV = torch.ops.aten.conv2d.default
 _DIV = torch.ops.aten.div.Tensor
@@ -48,8 +48,8 @@ class FoldedBiasSnap(nn.Module):
     ) -> Tensor:
         if not self.active:
             return out
-        folded = beta - mean * gamma / torch.sqrt(var + eps)
-        correction = snap_correction(folded, in_scale * w_scale)
+        bias = folded_bias(gamma, beta, mean, var, eps, conv_bias=None)
+        correction = snap_correction(bias, in_scale * w_scale)
         return out + correction.reshape(1, -1, *([1] * (out.dim() - 2)))
 
 
