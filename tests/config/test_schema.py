@@ -78,7 +78,17 @@ ERRORS = [
         "optimizer.momentum=1 must be < 1; e.g. optimizer.momentum=0.9",
     ),
     ("train", ["seed=-1"], "seed=-1 must be >= 0; e.g. seed=42"),
-    ("lab", ["lab.qat.lr=0"], "lab.qat.lr=0 must be > 0; e.g. lab.qat.lr=0.001"),
+    ("lab", ["lab.qat.lr=0"], "lab.qat.lr=0 must be > 0; e.g. lab.qat.lr=0.005"),
+    (
+        "lab",
+        ["lab.qat.distill_weight=1.5"],
+        "lab.qat.distill_weight=1.5 must be <= 1; e.g. lab.qat.distill_weight=1.0",
+    ),
+    (
+        "quantize",
+        ["quant=qat", "quant.distill_temperature=0"],
+        "quant.distill_temperature=0 must be > 0; e.g. quant.distill_temperature=1.0",
+    ),
     (
         "quantize",
         ["qconfig.max_shift_amount=40"],

@@ -3,6 +3,7 @@ GPU); proven on the CPU by recording every tensor-to-Python conversion during tr
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -43,6 +44,7 @@ class SpyOnSteps(pl.Callback):
 
 @pytest.mark.parametrize("qconfig", [None, "pot"])
 def test_training_steps_make_no_host_reads(qconfig: str | None) -> None:
+    """QAT as labquant runs it: fake quant and distillation from the FP32 teacher."""
     from functools import partial
 
     spy = SpyOnSteps()
@@ -54,12 +56,15 @@ def test_training_steps_make_no_host_reads(qconfig: str | None) -> None:
                 EagerBackend(), qconfig_spec(qconfig), qat=True, example_input=example
             )
         )
+    net = small_resnet(layers=[1, 1], base_width=8)
     module = ClassifierModule(
-        small_resnet(layers=[1, 1], base_width=8),
+        net,
         optimizer=SGD,
         scheduler=partial(WarmupCosineAnnealingLR, warmup_epochs=1, max_epochs=2),
         scheduler_interval="step",
         channels_last=True,
+        teacher=copy.deepcopy(net) if qconfig else None,
+        distill_weight=0.5,
     )
     dm = SyntheticDataModule(num_train=200, num_test=20, val_size=8, batch_size=32)
     trainer = pl.Trainer(

@@ -35,13 +35,19 @@ def test_report_rows_follow_the_stages(lab_dir: Path) -> None:
     fp32 = rows[0]
     for row in rows[1:]:
         assert row["acc_drop"] == pytest.approx(fp32["test_acc"] - row["test_acc"], abs=1e-3)
+        # The drop is exactly the images only FP32 gets right minus those only int8 gets right.
+        stage = json.loads((lab_dir / row["dir"] / "results.json").read_text())
+        net_images = stage["only_fp32_correct"] - stage["only_int8_correct"]
+        assert row["acc_drop"] == pytest.approx(100 * net_images / stage["test_images"], abs=1e-3)
+        assert row["acc_drop_ci95"] == stage["acc_drop_ci95"] >= 0
         assert (lab_dir / row["dir"] / "model_int8.pt").is_file()
 
 
 def test_report_md_has_the_table_and_worst_layers(lab_dir: Path) -> None:
     text = (lab_dir / "report.md").read_text()
     header = (
-        "| Model | Backend | Size (MiB) | Accuracy (%) | Accuracy Drop (pp) | CPU latency batch 1 "
+        "| Model | Backend | Size (MiB) | Accuracy (%) | Accuracy Drop (pp) | Drop 95% interval "
+        "(pp) | CPU latency batch 1 "
         "(ms) | vs best FP32, batch 1 | CPU img/s batch 256 | vs best FP32, batch 256 | qconfig |"
     )
     assert header in text

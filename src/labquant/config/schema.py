@@ -178,10 +178,12 @@ class Quant(Settings):
     mode: Literal["ptq", "qat"] = setting("ptq")
     calibration_batches: PosInt = setting(32)
     epochs: PosInt = setting(6)
-    lr: float = setting(0.001, gt=0)
+    lr: float = setting(0.005, gt=0)
     warmup_epochs: NonNegFloat = setting(0)
     freeze_observer_epoch: NonNegInt = setting(4)
     freeze_bn_epoch: NonNegInt = setting(3)
+    distill_weight: float = setting(1.0, ge=0, le=1)
+    distill_temperature: float = setting(1.0, gt=0)
     measure_latency: bool = setting(True)
     fp32_paths: list[Literal["eager", "eager_channels_last", "compiled", "onnxruntime"]] = setting(
         ["eager", "eager_channels_last", "compiled", "onnxruntime"], min_length=1

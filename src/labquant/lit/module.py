@@ -19,8 +19,48 @@ OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 
+class FrozenTeacher:
+    """The FP32 network a QAT student distils from, kept OUTSIDE the LightningModule's module
+    tree on purpose: it is not in the checkpoint (a resumed run rebuilds it from the FP32
+    checkpoint), not in the optimizer, not wrapped by DDP, and `.train()` never reaches it (its
+    BatchNorm must keep the FP32 model's statistics)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net.eval().requires_grad_(False)
+
+    def to(self, device: torch.device, channels_last: bool = False) -> None:
+        self.net.to(device)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Hinton's KD term: KL(teacher || student) on temperature-softened outputs, times T^2 so
+    its gradient scale does not depend on T."""
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, dim=1),
+            F.log_softmax(teacher / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
 class ClassifierModule(pl.LightningModule):
     """Wraps a (quantizable) network; optimizer and scheduler arrive as Hydra partials.
+
+    With a `teacher` (QAT), the training loss is `(1 - w) * cross-entropy + w * KD` against
+    the FP32 network's outputs on the same augmented batch, `w = distill_weight`: the student
+    is pulled toward the function it must reproduce in int8 rather than toward the training
+    labels it would otherwise overfit on a small dataset.
 
     Metrics are accumulated on the device and logged per epoch (`on_step=False`), and their
     per-step input checks are off (`validate_args=False`: torch.unique on the labels, which
@@ -37,11 +77,17 @@ class ClassifierModule(pl.LightningModule):
         scheduler_interval: str = "step",
         num_classes: int = 10,
         channels_last: bool = False,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         # logger=False: the run logs the whole Hydra config (with final metrics) itself.
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "teacher"])
         self.net = net
+        self.teacher = FrozenTeacher(teacher) if teacher is not None and distill_weight else None
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -54,6 +100,7 @@ class ClassifierModule(pl.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
+        self.train_distill_loss = MeanMetric(nan_strategy="disable")
         self.test_images = SumMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
@@ -69,10 +116,15 @@ class ClassifierModule(pl.LightningModule):
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:  # outside the module tree: Lightning does not move it
+            self.teacher.to(self.device, self.channels_last)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self._layout(x))
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch
@@ -80,9 +132,20 @@ class ClassifierModule(pl.LightningModule):
         return F.cross_entropy(logits, y), logits.argmax(dim=1), y
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, preds, y = self._step(batch)
-        self.train_acc(preds, y)
-        self.train_loss(loss.detach(), len(y))
+        x, y = batch
+        x = self._layout(x)
+        logits = self.net(x)
+        cross_entropy = F.cross_entropy(logits, y)
+        loss = cross_entropy
+        if self.teacher is not None:
+            kd = distillation_loss(logits, self.teacher(x), self.distill_temperature)
+            w = self.distill_weight
+            loss = kd if w == 1 else (1 - w) * cross_entropy + w * kd
+            self.train_distill_loss(kd.detach(), len(y))
+            self.log("train/distill_loss", self.train_distill_loss, on_step=False, on_epoch=True)
+        # train/loss stays the cross-entropy, comparable with val/loss in every plot.
+        self.train_acc(logits.argmax(dim=1), y)
+        self.train_loss(cross_entropy.detach(), len(y))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss

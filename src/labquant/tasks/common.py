@@ -15,8 +15,12 @@ from labquant.config.instantiate import instantiate
 from labquant.lit.module import ClassifierModule
 
 
-def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> ClassifierModule:
-    """The scheduler group holds a partial plus `interval` (step | epoch), which Lightning needs."""
+def build_module(
+    cfg: DictConfig, net: torch.nn.Module | None = None, teacher: torch.nn.Module | None = None
+) -> ClassifierModule:
+    """The scheduler group holds a partial plus `interval` (step | epoch), which Lightning needs.
+    A `teacher` (QAT's FP32 network) is distilled from as `cfg.quant.distill_*` say."""
+    quant = cfg.get("quant") or {}
     scheduler = OmegaConf.to_container(cfg.get("scheduler") or {}, resolve=True)
     interval = scheduler.pop("interval", "epoch")
     return ClassifierModule(
@@ -26,6 +30,9 @@ def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> Classif
         scheduler_interval=interval,
         num_classes=cfg.model.num_classes,
         channels_last=cfg.get("channels_last", False),
+        teacher=teacher,
+        distill_weight=quant.get("distill_weight", 0.0) if teacher is not None else 0.0,
+        distill_temperature=quant.get("distill_temperature", 1.0),
     )
 
 

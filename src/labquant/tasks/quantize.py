@@ -37,7 +37,7 @@ from labquant.reports.table import worst_layers
 from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
 from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
-from labquant.tasks.evaluate import cpu_latency, evaluate_confusion
+from labquant.tasks.evaluate import cpu_latency, evaluate_confusion, paired_drop
 from labquant.tasks.fp32_paths import fp32_runtimes
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
@@ -139,12 +139,14 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     check_batch_size(dm)
 
     fp32_net = load_fp32_net(cfg, checkpoint)
-    fp32_acc, _, fp32_confusion = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
+    fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
+    fp32_acc = fp32_eval.acc
     batch: Tensor = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
     qat = cfg.quant.mode == "qat"
     prepare = PrepareQuantization(backend, qconfig, qat=qat, example_input=batch[:2])
     if qat:
-        module = build_module(_qat_config(cfg), net=copy.deepcopy(fp32_net))
+        teacher = copy.deepcopy(fp32_net) if cfg.quant.get("distill_weight") else None
+        module = build_module(_qat_config(cfg), net=copy.deepcopy(fp32_net), teacher=teacher)
         trainer = _fine_tune(cfg, module, dm, backend, prepare)
         if not trainer.is_global_zero:  # under DDP rank 0 converts, tests and writes alone
             return {"status": "complete", "world_size": trainer.world_size}
@@ -156,12 +158,15 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
 
     prepared = module.net
     int8 = backend.convert(prepared, batch)
-    test_acc, test_loss, confusion = evaluate_confusion(int8, dm.eval_dataloader())
+    int8_eval = evaluate_confusion(int8, dm.eval_dataloader())
+    test_acc = int8_eval.acc
     saved = backend.save(int8, out_dir)
     runtimes = backend.runtimes(out_dir, saved)  # the same file in another runtime (ORT)
     for runtime, deployed in runtimes.items():
-        acc, _, _ = evaluate_confusion(deployed, dm.eval_dataloader())
-        saved[f"{runtime}_test_acc"] = round(acc, 4)
+        deployed_eval = evaluate_confusion(deployed, dm.eval_dataloader())
+        saved[f"{runtime}_test_acc"] = round(deployed_eval.acc, 4)
+        interval = paired_drop(fp32_eval, deployed_eval).get("acc_drop_ci95")
+        saved[f"{runtime}_acc_drop_ci95"] = interval
     layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
     results: dict[str, Any] = {
         "stage": cfg.quant.mode,
@@ -171,10 +176,12 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         "max_shift_amount": qconfig.max_shift_amount,
         "model": model_name(cfg),
         "test_acc": round(test_acc, 4),
-        "test_loss": test_loss,
+        "test_loss": int8_eval.loss,
         **saved,
         "fp32_test_acc": round(fp32_acc, 4),
         "acc_drop": round(fp32_acc - test_acc, 4),
+        # Half-width of its 95 % paired interval, and the images only one model gets right.
+        **paired_drop(fp32_eval, int8_eval),
         "fp32_size_mib": serialized_mib(fp32_net.state_dict()),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
@@ -183,7 +190,7 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         "layers": layers,
         "worst_layers": [layer["name"] for layer in worst_layers(layers)],
         # Test set, rows = true class, columns = predicted; the report's per-class table.
-        "confusion": {"fp32": fp32_confusion, "int8": confusion},
+        "confusion": {"fp32": fp32_eval.confusion, "int8": int8_eval.confusion},
         "class_names": list(getattr(dm, "class_names", ())) or None,
     }
     if not qat:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from labquant.data.augment import crop_params, normalize, pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
-from labquant.lit.module import ClassifierModule
+from labquant.lit.module import ClassifierModule, FrozenTeacher, distillation_loss
 from labquant.quant.backend import QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.tasks.bench.common import SGD, build_model, normalized_batch, synthetic_data
@@ -98,14 +98,24 @@ def bench_train_step(
     }
 
 
-def training_step(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Callable[[], None]:
-    """One forward + backward + SGD step in channels_last, as labquant trains FP32 and QAT."""
+def training_step(
+    net: nn.Module, batch: tuple[Tensor, Tensor], teacher: nn.Module | None = None
+) -> Callable[[], None]:
+    """One forward + backward + SGD step in channels_last, as labquant trains FP32 and QAT;
+    with a `teacher`, QAT's distillation loss against its (no-grad) forward, as in
+    `ClassifierModule.training_step`."""
     net = net.to(memory_format=torch.channels_last).train()
     x, y = batch[0].contiguous(memory_format=torch.channels_last), batch[1]
     optimizer = SGD(net.parameters())
+    frozen = FrozenTeacher(teacher.to(memory_format=torch.channels_last)) if teacher else None
 
     def step() -> None:
-        loss = F.cross_entropy(net(x), y)
+        logits = net(x)
+        loss = (
+            F.cross_entropy(logits, y)
+            if frozen is None
+            else distillation_loss(logits, frozen(x), temperature=1.0)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,13 +131,16 @@ def bench_qat_step(
     qconfigs: dict[str, QConfigSpec],
 ) -> dict[str, Any]:
     """Each QAT step over the FP32 step, both as labquant trains them (channels_last, fp32),
-    same model and batch; `ratio` is the worst qconfig's."""
+    same model and batch; `ratio` is the worst qconfig's. `distilled_*`: the same QAT step with
+    the FP32 teacher's forward and the distillation loss (QAT's default), what a QAT epoch pays."""
     net = build_model(model)
     batch = normalized_batch(batch_size)
     contenders = {"fp32": training_step(copy.deepcopy(net), batch)}
     for name, spec in qconfigs.items():
         qat_net = backend.prepare_qat(copy.deepcopy(net).train(), spec, batch[0][:2])
         contenders[name] = training_step(qat_net, batch)
+        distilled = backend.prepare_qat(copy.deepcopy(net).train(), spec, batch[0][:2])
+        contenders[f"{name}+distill"] = training_step(distilled, batch, copy.deepcopy(net))
     # Two warm-up steps: allocator, oneDNN kernels, the observers' first ranges.
     seconds = interleaved_best_seconds(contenders, steps, warmup=2)
     fp32_s = seconds["fp32"]
@@ -140,6 +153,8 @@ def bench_qat_step(
         result[name] = {
             "step_ms": round(1000 * seconds[name], 2),
             "ratio": ratio(seconds[name], fp32_s),
+            "distilled_step_ms": round(1000 * seconds[f"{name}+distill"], 2),
+            "distilled_ratio": ratio(seconds[f"{name}+distill"], fp32_s),
         }
     result["ratio"] = max(result[name]["ratio"] for name in qconfigs)
     result["img_s_fp32"] = rate(batch_size, fp32_s)
