@@ -18,8 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from labquant.checkpoints import (
@@ -29,8 +29,9 @@ from labquant.checkpoints import (
     net_state,
     safe_checkpoint_globals,
 )
+from labquant.config.instantiate import instantiate
+from labquant.config.paths import CONF_DIR
 from labquant.errors import ConfigError
-from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
 from labquant.lit.module import ClassifierModule
 from labquant.lit.schedulers import WarmupCosineAnnealingLR
 from labquant.models.resnet import small_resnet
@@ -54,30 +55,43 @@ def _module() -> ClassifierModule:
     )
 
 
+def run_callbacks(root: Path) -> list[pl.Callback]:
+    """The checkpoint, LR and timing callbacks of a labquant run, from
+    conf/callbacks/default.yaml itself (its progress bar left out: these runs show none)."""
+    callbacks = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
+    cfg = OmegaConf.create({"paths": {"output_dir": str(root)}, "callbacks": callbacks})
+    return [
+        instantiate(node, f"callbacks.{name}")
+        for name, node in cfg.callbacks.items()
+        if name != "progress_bar"
+    ]
+
+
 def _trainer(root: Path, max_epochs: int) -> pl.Trainer:
-    """The callbacks and logger of a labquant run (conf/callbacks/default.yaml), on the CPU."""
+    """The callbacks and logger of a labquant run, on the CPU."""
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
         default_root_dir=root,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=root / "checkpoints",
-                filename="best",
-                monitor="val/acc",
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-            ),
-            LearningRateMonitor(logging_interval="epoch"),
-            EpochTimer(),
-            NonFiniteLossGuard(),
-        ],
+        callbacks=run_callbacks(root),
         logger=CSVLogger(root, name="csv"),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+
+
+def test_last_ckpt_follows_every_epoch_even_without_a_new_best(tmp_path: Path) -> None:
+    """resume=true restarts from last.ckpt: it must be the latest epoch even when val/acc did
+    not improve (Lightning 2.6's save_last=true alone skips such epochs)."""
+    module = _module()
+    module.optimizer_factory = functools.partial(torch.optim.SGD, lr=0.0)  # val/acc stays put
+    pl.seed_everything(0)
+    _trainer(tmp_path, max_epochs=3).fit(module, _loader(0), _loader(1))
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_checkpoint(checkpoints / "last.ckpt", FIX)["epoch"] == 2
+    assert load_checkpoint(checkpoints / "best.ckpt", FIX)["epoch"] == 0
 
 
 @pytest.fixture(scope="module")
