@@ -188,11 +188,11 @@ def write_lab_report(
         ]
         parts += ["", f"Shift clamp hit in: {', '.join(hits) if hits else 'no layer'}.", ""]
     parts += figures.get("per_class", [])
-    curves = [
-        f"![{' '.join(filter(None, [row['stage'].upper(), row['qconfig']]))} loss and accuracy "
-        f"per epoch]({row['dir']}/loss_accuracy.png)\n"
+    curves = [  # one per stage: a runtime row (ORT) shares its stage's training curve
+        f"![{' '.join(filter(None, [row['stage'].upper(), row['qconfig'], row.get('backend')]))} "
+        f"loss and accuracy per epoch]({row['dir']}/loss_accuracy.png)\n"
         for row in rows
-        if (lab_dir / row["dir"] / "loss_accuracy.png").exists()
+        if not row.get("runtime") and (lab_dir / row["dir"] / "loss_accuracy.png").exists()
     ]
     if curves:
         parts += ["## Curves", "", *curves, ""]
