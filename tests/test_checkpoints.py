@@ -85,7 +85,12 @@ def test_last_ckpt_follows_every_epoch_even_without_a_new_best(tmp_path: Path) -
     """resume=true restarts from last.ckpt: it must be the latest epoch even when val/acc did
     not improve (Lightning 2.6's save_last=true alone skips such epochs)."""
     module = _module()
-    module.optimizer_factory = functools.partial(torch.optim.SGD, lr=0.0)  # val/acc stays put
+    # Nothing may change between epochs, so val/acc never improves after epoch 0: no step
+    # (lr 0) and no BatchNorm statistics update (momentum 0 keeps the running values exactly).
+    module.optimizer_factory = functools.partial(torch.optim.SGD, lr=0.0)
+    for layer in module.net.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.momentum = 0.0
     pl.seed_everything(0)
     _trainer(tmp_path, max_epochs=3).fit(module, _loader(0), _loader(1))
     checkpoints = tmp_path / "checkpoints"
