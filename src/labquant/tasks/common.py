@@ -31,7 +31,7 @@ def build_module(
         num_classes=cfg.model.num_classes,
         channels_last=cfg.get("channels_last", False),
         teacher=teacher,
-        distill_weight=quant.get("distill_weight", 0.0) if teacher is not None else 0.0,
+        distill_weight=quant.get("distill_weight", 0.0),  # unused without a teacher
         distill_temperature=quant.get("distill_temperature", 1.0),
     )
 

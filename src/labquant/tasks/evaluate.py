@@ -76,18 +76,19 @@ def evaluate_confusion(
 
 
 def paired_drop(reference: Evaluation, quantized: Evaluation) -> dict[str, Any]:
-    """The accuracy drop (pp) of `quantized` against `reference` on the same images, with the
-    half-width of its 95 % interval (normal approximation to the paired per-image differences).
+    """The half-width of the 95 % interval of `quantized`'s accuracy drop (pp) against
+    `reference` on the same images (normal approximation to the paired per-image differences),
+    and the images only one of the two gets right; {} when there is no such pair of passes.
 
     Why: on ~1,000 test images one image is 0.1 pp, and int8 and FP32 disagree on dozens of
     images in both directions, so a drop target of a few tenths is within that noise; the
     interval says how far. Only the images where exactly one of the two is right move it.
     """
-    if reference.correct.shape != quantized.correct.shape or not len(reference.correct):
-        return {}
+    if reference.correct.shape != quantized.correct.shape or len(reference.correct) < 2:
+        return {}  # a spread needs two images (and NaN is not valid JSON)
     diff = reference.correct.double() - quantized.correct.double()
     n = len(diff)
-    half_width = 1.96 * float(diff.std()) / math.sqrt(n) if n > 1 else float("nan")
+    half_width = 1.96 * float(diff.std()) / math.sqrt(n)
     return {
         "acc_drop_ci95": round(100.0 * half_width, 4),
         "only_fp32_correct": int((diff > 0).sum()),
