@@ -6,8 +6,11 @@ every entry of `cfg.callbacks`, so the run under test is the real entry point, n
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -51,6 +54,37 @@ class PoisonWeightsAt(pl.Callback):
             with torch.no_grad():
                 for param in pl_module.parameters():
                     param.fill_(float("nan"))
+
+
+class PauseAt(pl.Callback):
+    """Sleep at the start of `epoch`: a run that is still going, for a second run to meet."""
+
+    def __init__(self, epoch: int, seconds: float) -> None:
+        self.epoch, self.seconds = epoch, seconds
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            time.sleep(self.seconds)
+
+
+class FullDiskFrom(pl.Callback):
+    """From the start of `epoch` on, every `Path.write_bytes` (how labquant writes checkpoints
+    and model files: reports.artifacts.write_torch) writes half of its bytes and fails as a
+    full disk does, with ENOSPC."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+
+        def write_half(path: Path, data: Any) -> int:
+            with open(path, "wb") as handle:
+                handle.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        Path.write_bytes = write_half  # type: ignore[method-assign]
 
 
 def fault_overrides(name: str, target: type[pl.Callback], **kwargs: Any) -> list[str]:

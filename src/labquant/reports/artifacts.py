@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import torch
 
+from labquant.errors import ArtifactWriteError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,24 +24,43 @@ def _umask() -> int:
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Let `write` fill a temporary file beside `path`, then rename it over `path`.
 
-    The rename is atomic on POSIX, so readers see the old file or the new one, never half.
+    The rename is atomic on POSIX, so readers see the old file or the new one, never half: a
+    full disk leaves the previous file intact. A file-system error (no space, quota, read-only)
+    becomes ArtifactWriteError, one line that names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file 0600; results are meant to be read by others, as open() would allow.
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise ArtifactWriteError(path, error) from error
     tmp = Path(tmp_name)
     try:
+        # mkstemp makes the file 0600; results are read by others, as open() would allow.
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        raise ArtifactWriteError(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def write_torch(path: Path, obj: Any) -> None:
+    """torch.save `obj` to `path` atomically. Serialized in memory first: torch's C++ writer
+    reports a full disk as an opaque RuntimeError, Python's file write as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> None:

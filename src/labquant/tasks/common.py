@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from labquant.config.instantiate import instantiate
+from labquant.lit.checkpoint_io import AtomicCheckpointIO
 from labquant.lit.module import ClassifierModule
 
 
@@ -48,6 +49,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
         "trainer",
         callbacks=callbacks + list(extra_callbacks or []),
         logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],  # a full disk never truncates the last good checkpoint
     )
 
 

@@ -7,6 +7,7 @@ without Python.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from labquant.quant.eager import bias_quant, inspect, integer, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
 from labquant.quant.qconfigs import QConfigSpec
-from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic
+from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic, write_torch
 
 INT8_TORCHSCRIPT = "model_int8.pt"
 INT8_STATE_DICT = "model_int8_state_dict.pt"
@@ -102,10 +103,12 @@ class EagerBackend:
 
     def save(self, int8: EagerInt8Model, folder: Path) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / INT8_TORCHSCRIPT, lambda tmp: save_torchscript(int8.script, tmp))
+        script = io.BytesIO()  # in memory first: a full disk is then Python's OSError
+        save_torchscript(int8.script, script)
+        write_atomic(folder / INT8_TORCHSCRIPT, lambda tmp: tmp.write_bytes(script.getbuffer()))
         state_path = folder / INT8_STATE_DICT
         if int8.module is not None:
-            write_atomic(state_path, lambda tmp: torch.save(int8.module.state_dict(), tmp))
+            write_torch(state_path, int8.module.state_dict())
         return {
             "size_mib": file_size_mib(state_path),
             "int8_torchscript": INT8_TORCHSCRIPT,
