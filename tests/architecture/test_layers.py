@@ -21,6 +21,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "src" / "labquant"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "checkpoints": 0,
+    "run_lock": 0,  # one process per run folder (an OS file lock)
     "config": 0,
     "reports": 0,
     "hw": 0,  # the integer-only reference: numpy, imports nothing above errors
