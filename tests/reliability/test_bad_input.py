@@ -285,8 +285,21 @@ def test_unwritable_run_folder_even_for_root(tmp_path: Path) -> None:
         ("labquant-lab", "lab.backends=[eager,nope]", ["lab.backends", "nope"]),
         # a pair the backend cannot realise: refused before the FP32 stage trains
         ("labquant-lab", ["lab.backends=[pt2e]", "lab.qconfigs=[qnnpack]"], ["pt2e", "qnnpack"]),
-        # raised inside hydra.utils.instantiate: Hydra's multi-line wrapper, made one line
-        ("labquant-train", "+model.width=3", ["model=", "unexpected keyword argument 'width'"]),
+        # a key no config declares (today's main: Hydra's 7 lines, or with "+" a run that dies
+        # in Lightning's setup): refused on the command line, naming the closest declared key
+        (
+            "labquant-train",
+            "optimizer.lrr=0.1",
+            ["optimizer.lrr is not a setting; did you mean optimizer.lr?"],
+        ),
+        (
+            "labquant-train",
+            "+optimizer.lrr=0.1",
+            ["optimizer.lrr is not a setting; did you mean optimizer.lr?"],
+        ),
+        ("labquant-lab", "qconfig.max_shift_amout=6", ["did you mean qconfig.max_shift_amount?"]),
+        # not an argument of model=small's factory (small_resnet): refused the same way
+        ("labquant-train", "+model.width=3", ["model.width is not a setting"]),
     ],
 )
 def test_bad_setting_is_one_line_before_any_work(

@@ -34,7 +34,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_entry_point(_hydra_main, PROG)
+    run_entry_point(_hydra_main, PROG, "bench")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main() -> None:
     # The run folder is <stage_dir>/export: without stage_dir Hydra would fail with a traceback.
     if not any(arg.startswith("stage_dir=") for arg in sys.argv[1:]):
         fail(PROG, ConfigError("stage_dir is missing; e.g. stage_dir=outputs/<lab>/ptq_pot"))
-    run_entry_point(_hydra_main, PROG)
+    run_entry_point(_hydra_main, PROG, "export")
 
 
 if __name__ == "__main__":

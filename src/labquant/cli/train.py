@@ -19,7 +19,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_entry_point(_hydra_main, PROG)
+    run_entry_point(_hydra_main, PROG, "train")
 
 
 if __name__ == "__main__":

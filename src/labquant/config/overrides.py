@@ -1,5 +1,6 @@
 """Checks of the raw command line that must run before Hydra does: an unknown config-group choice
-or an unwritable run folder, which Hydra itself reports as a traceback or a multi-line report."""
+or an unwritable run folder, which Hydra itself reports as a traceback or a multi-line report;
+and the run folder a single run names, which is locked before Hydra writes into it."""
 
 from __future__ import annotations
 
@@ -76,3 +77,18 @@ def check_output_dir(overrides: Sequence[str], cwd: Path | None = None) -> None:
             f"{shown}: cannot write to {folder} ({reason}); pass {key}=<a writable folder> "
             f"or make it writable (chmod u+w {folder})"
         )
+
+
+NOT_A_RUN = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion")
+
+
+def single_run_dir(overrides: Sequence[str], cwd: Path | None = None) -> Path | None:
+    """The folder a single run will write, when the command line names it (hydra.run.dir
+    without interpolations); None for a sweep, a run into the default timestamped folder, or a
+    command that only prints (`--cfg job`, `--help`)."""
+    if any(o in ("-m", "--multirun", *NOT_A_RUN) for o in overrides):
+        return None
+    value = _override(overrides, "hydra.run.dir")
+    if not value or "${" in value:
+        return None
+    return (cwd or Path.cwd()) / value
