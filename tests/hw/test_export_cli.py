@@ -4,12 +4,15 @@ a subprocess per case costs a torch import)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from labquant.cli import export as cli_export
+from labquant.cli.app import run_job
 from labquant.errors import ConfigError
 from labquant.tasks.export import export
 
@@ -31,7 +34,9 @@ def export_cfg(tmp_path, **overrides):
 def test_a_non_power_of_two_stage_is_refused(tmp_path) -> None:
     stage = tmp_path / "ptq_x86"
     (stage / ".hydra").mkdir(parents=True)
-    (stage / "results.json").write_text(json.dumps({"status": "complete", "qconfig": "x86"}))
+    (stage / "results.json").write_text(
+        json.dumps({"status": "complete", "stage": "ptq", "qconfig": "x86"})
+    )
     qconfig = {"_target_": "labquant.quant.qconfigs.engine_default", "name": "x86", "engine": "x86"}
     OmegaConf.save({"qconfig": qconfig, "backend": {"name": "eager"}}, stage / ".hydra/config.yaml")
     with pytest.raises(ConfigError, match=r"^stage_dir=.*qconfig=x86, not a power-of-two"):
@@ -54,3 +59,40 @@ def test_missing_stage_dir_is_one_line_exit_2(monkeypatch, capsys) -> None:
     assert capsys.readouterr().err.strip() == (
         "labquant-export: error: stage_dir is missing; e.g. stage_dir=outputs/<lab>/ptq_pot"
     )
+
+
+@pytest.fixture
+def lab_copy(tiny_lab: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_lab, tmp_path / "lab"))
+
+
+def damage(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # what a full disk or a cut copy leaves
+
+
+@pytest.mark.parametrize(
+    ("stage", "harm", "needles"),
+    [
+        ("fp32", None, ["is an FP32 stage, not an int8 one"]),
+        ("ptq_pot", damage, ["model_int8_state_dict.pt is damaged", "redo that stage"]),
+        ("ptq_pot", Path.unlink, ["model_int8_state_dict.pt is missing"]),
+    ],
+)
+def test_an_fp32_stage_or_a_damaged_int8_file_is_one_line_exit_2(
+    lab_copy: Path, stage: str, harm, needles: list[str], capsys
+) -> None:
+    """Today's main: a FileNotFoundError / PytorchStreamReader traceback and exit 1."""
+    if harm is not None:
+        harm(lab_copy / stage / "model_int8_state_dict.pt")
+    out = lab_copy / stage / "export"
+    cfg = export_cfg(lab_copy, stage_dir=str(lab_copy / stage), paths={"output_dir": str(out)})
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(export, cfg, "labquant-export")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"labquant-export: error: stage_dir={lab_copy / stage}") and "\n" not in err
+    )
+    assert all(needle in err for needle in needles), err
+    assert not (out / "results.json").exists()

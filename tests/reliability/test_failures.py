@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from labquant.cli.app import run_job
 from labquant.errors import ConfigError, DataError, TrainingDiverged
+from labquant.run_lock import LOCK_NAME
 from labquant.tasks.runner import write_failure
 from tests.conftest import TINY
 from tests.reliability.faults import PoisonWeightsAt, fault_overrides
@@ -112,7 +113,7 @@ def test_error_before_any_work_writes_nothing(
         run_job(raising(error), job(out_dir), "labquant-train")
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"labquant-train: error: {error}\n"
-    assert list(out_dir.iterdir()) == []
+    assert [p.name for p in out_dir.iterdir()] == [LOCK_NAME]  # the run's lock, nothing else
 
 
 def test_user_error_during_work_is_recorded_in_one_line(

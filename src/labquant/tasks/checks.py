@@ -1,8 +1,10 @@
-"""Checks that need more than the settings schema: the data's size, and checkpoints that must
-be readable and of the configured network. All run before any training."""
+"""Checks that need more than the settings schema: the data's size, checkpoints that must be
+readable and of the configured network, and the model files of a stage that is reused or read.
+All run before any work."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,44 @@ def check_qat_resume(cfg: DictConfig) -> None:
     if resume is not None:
         path, setting, fix = resume
         load_checkpoint(path, fix, setting=setting, mmap=True)
+
+
+ARCHIVE_SUFFIXES = (".pt", ".pt2", ".ckpt")  # torch.save / torch.export files: zip archives
+
+
+def damaged_file(path: Path) -> str | None:
+    """Why `path` cannot be read back (missing, empty, not a whole zip archive), else None.
+    Every entry's CRC is checked: a truncated or overwritten file fails here, not in the
+    middle of a later load."""
+    if not path.is_file():
+        return "is missing"
+    if path.stat().st_size == 0:
+        return "is empty"
+    if path.suffix in ARCHIVE_SUFFIXES:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    return "is damaged (a checksum fails)"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "is damaged (not a readable archive)"
+    return None
+
+
+def stage_files(stage_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """The model files a complete stage's results.json names: the FP32 checkpoint and state
+    dict, or the int8 files (`int8_<format>` keys whose value is a file name)."""
+    names = [results.get("checkpoint"), results.get("state_dict")]
+    names += [
+        value
+        for key, value in results.items()
+        if key.startswith("int8_") and isinstance(value, str) and Path(value).suffix
+    ]
+    return [stage_dir / name for name in names if name]
+
+
+def check_stage_files(stage_dir: Path, results: dict[str, Any], what: str, fix: str) -> None:
+    """A stage that is reused (skipped) or read (exported) must still hold whole model files."""
+    for path in stage_files(stage_dir, results):
+        problem = damaged_file(path)
+        if problem is not None:
+            raise ConfigError(f"{what}: {path} {problem}; {fix}")

@@ -22,18 +22,27 @@ from labquant.hw.program import check_program
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json, write_json
 from labquant.reports.machine import cpu, has_vnni
+from labquant.tasks.checks import check_stage_files, stage_files
+from labquant.tasks.fingerprint import settings_record
 
 FIX_STAGE = "pass stage_dir=<lab>/ptq_pot (a complete PTQ or QAT stage of a pot qconfig)"
 BATCH = 128
 
 
 def load_stage(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
+    """The stage folder's results and config, refused in one line when it is not a complete
+    PTQ / QAT stage."""
     stage_dir = Path(cfg.stage_dir)
     saved = completed_results(stage_dir)
     config_path = stage_dir / ".hydra" / "config.yaml"
     if saved is None or not config_path.is_file():
         raise ConfigError(
             f"stage_dir={cfg.stage_dir} holds no complete quantize stage; {FIX_STAGE}"
+        )
+    if saved.get("stage") not in ("ptq", "qat"):
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir} is an FP32 stage, not an int8 one (stage "
+            f"{saved.get('stage')}); {FIX_STAGE}"
         )
     stage_cfg = OmegaConf.load(config_path)
     if cfg.get("data_root"):
@@ -132,6 +141,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"stage_dir={cfg.stage_dir} was quantized with qconfig={qconfig.name}, not a "
             f"power-of-two qconfig (its requantization needs a multiplier); {FIX_STAGE}"
         )
+    if not stage_files(stage_dir, saved):
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir}: its results.json names no int8 file; {FIX_STAGE}"
+        )
+    what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
+    check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
     backend = instantiate(stage_cfg.backend, "backend")
     if not hasattr(backend, "integer_export"):
         raise ConfigError(f"backend={backend.name} has no integer export; use backend=eager")
@@ -176,6 +191,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "golden": cfg.golden,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
+    results.update(settings_record(cfg, "export"))  # what a rerun must match to reuse it
     write_json(out_dir / "results.json", results)
     return results
 

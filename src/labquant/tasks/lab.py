@@ -1,12 +1,15 @@
 """`labquant-lab`: FP32 -> PTQ -> QAT in one folder, then the comparison report.
 
-Each stage lives in its own subfolder with its own results.json; a stage whose results.json
-says "complete" is not redone, so an interrupted lab is finished by running it again there.
+Each stage lives in its own subfolder with its own results.json; a stage that is complete with
+the same settings is not redone, so an interrupted lab is finished by running it again there. A
+finished stage with other settings is the one-line error naming the first of them, or, with
+overwrite=true, redone together with every stage after it (their inputs change with it).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,12 @@ from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
-from labquant.tasks.checks import check_train_checkpoint
+from labquant.run_lock import run_folder_lock
+from labquant.tasks.checks import check_stage_files, check_train_checkpoint
 from labquant.tasks.export import export
+from labquant.tasks.fingerprint import reuse_complete_run, run_settings
 from labquant.tasks.quantize import quantize
-from labquant.tasks.runner import is_global_zero
+from labquant.tasks.runner import clear_run, is_global_zero
 from labquant.tasks.train import fit_fp32
 
 log = logging.getLogger(__name__)
@@ -86,35 +91,116 @@ def stage_name(mode: str, qconfig: str, backend: str) -> str:
     return f"{mode}_{qconfig}" if backend == "eager" else f"{mode}_{qconfig}_{backend}"
 
 
-def run_stage(name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig) -> dict[str, Any]:
-    done = completed_results(stage_dir)
+def reuse_stage(name: str, stage_dir: Path, kind: str, stage_cfg: DictConfig) -> dict | None:
+    """The stage's complete results when they were computed with these settings (its model
+    files checked whole), None when it must run; other settings without overwrite=true are the
+    one-line error naming the first of them."""
+    done = reuse_complete_run(
+        stage_dir,
+        run_settings(stage_cfg, kind),
+        bool(stage_cfg.get("overwrite", False)),
+        what=f"stage {name} ({stage_dir})",
+        redo="redo it and the stages after it",
+        # a stage's quant group is the lab's lab.ptq / lab.qat: name what the user typed
+        shown_as={"quant.": f"lab.{stage_cfg.quant.mode}."} if kind == "quantize" else None,
+    )
     if done is not None:
-        log.info("stage %s: complete in %s, not redone", name, stage_dir)
-        return done
-    log.info("stage %s -> %s", name, stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    if is_global_zero():  # the stage's config, where a standalone run's Hydra keeps it: what
-        # labquant-export (stage_dir=<lab>/ptq_pot) rebuilds the stage's network from
-        (stage_dir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(stage_cfg, stage_dir / ".hydra" / "config.yaml")
-    return run(stage_cfg)
+        fix = f"delete {stage_dir} to redo the stage"
+        check_stage_files(stage_dir, done, f"stage {name}", fix)
+    return done
 
 
-def run_exports(cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any]) -> None:
-    """`lab.export=true`: labquant-export on every power-of-two stage, into <stage>/export/."""
+def run_stage(
+    name: str, stage_dir: Path, run: Any, stage_cfg: DictConfig, kind: str
+) -> dict[str, Any]:
+    """Reuse the stage when it is complete with these settings, else (re)do it in its folder."""
+    with run_folder_lock(stage_dir, enabled=is_global_zero()):
+        done = reuse_stage(name, stage_dir, kind, stage_cfg)
+        if done is not None:
+            log.info("stage %s: complete in %s with these settings, not redone", name, stage_dir)
+            return done
+        log.info("stage %s -> %s", name, stage_dir)
+        if is_global_zero() and completed_results(stage_dir) is not None:
+            clear_run(stage_dir)  # complete with other settings, and overwrite=true
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if is_global_zero():  # the stage's config, where a standalone run's Hydra keeps it:
+            # what labquant-export (stage_dir=<lab>/ptq_pot) rebuilds the stage's network from
+            (stage_dir / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(stage_cfg, stage_dir / ".hydra" / "config.yaml")
+        return run(stage_cfg)
+
+
+def export_config(cfg: DictConfig, lab_dir: Path, name: str) -> DictConfig:
+    export_dir = lab_dir / name / "export"
+    settings = {
+        "task_name": "export", "stage_dir": str(lab_dir / name), "golden": cfg.lab.golden,
+        "rounding": "half_even", "images": None, "data_root": None,
+        "overwrite": bool(cfg.get("overwrite", False)), "paths": {"output_dir": str(export_dir)},
+    }  # fmt: skip
+    return OmegaConf.create(settings)
+
+
+def exported_stages(stage_results: dict[str, Any]) -> list[str]:
+    """The stages `lab.export=true` exports: the power-of-two ones of the eager backend."""
+    names = []
     for name, results in stage_results.items():
         if name == "fp32" or results.get("max_shift_amount") is None:
             continue  # not a power-of-two stage
         if results.get("backend", "eager") != "eager":
             log.info("stage %s: the integer export reads eager int8 models only", name)
             continue
-        export_dir = lab_dir / name / "export"
-        settings = {
-            "task_name": "export", "stage_dir": str(lab_dir / name), "golden": cfg.lab.golden,
-            "rounding": "half_even", "images": None, "data_root": None, "overwrite": False,
-            "paths": {"output_dir": str(export_dir)},
-        }  # fmt: skip
-        run_stage(f"{name}/export", export_dir, export, OmegaConf.create(settings))
+        names.append(name)
+    return names
+
+
+def run_exports(cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any]) -> None:
+    """`lab.export=true`: labquant-export on every power-of-two stage, into <stage>/export/."""
+    for name in exported_stages(stage_results):
+        export_cfg = export_config(cfg, lab_dir, name)
+        run_stage(f"{name}/export", Path(export_cfg.paths.output_dir), export, export_cfg, "export")
+
+
+def quant_stages(
+    cfg: DictConfig,
+    lab_dir: Path,
+    qconfigs: dict[str, DictConfig],
+    backends: dict[str, DictConfig],
+    checkpoint: str,
+) -> Iterator[tuple[str, Path, DictConfig]]:
+    """(name, folder, config) of every PTQ and QAT stage, in the order the lab runs them."""
+    for backend, backend_cfg in backends.items():
+        for qconfig, option in qconfigs.items():
+            for mode in ("ptq", "qat"):
+                if mode == "ptq" and not is_global_zero():
+                    continue  # one-process work: the other DDP ranks wait for the next DDP stage
+                name = stage_name(mode, qconfig, backend)
+                overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
+                stage = stage_config(cfg, lab_dir / name, qconfig=option, **overrides)
+                with open_dict(stage):
+                    stage.backend = backend_cfg
+                yield name, lab_dir / name, stage
+
+
+def check_reruns(
+    cfg: DictConfig, lab_dir: Path, qconfigs: dict[str, DictConfig], backends: dict[str, Any]
+) -> None:
+    """Before any work: every finished stage this lab would reuse must have been computed with
+    these settings (else the one-line error, unless overwrite=true redoes it). Stages after an
+    FP32 stage that is still to be trained are compared when they are reached."""
+    fp32_dir = lab_dir / "fp32"
+    fp32 = reuse_stage("fp32", fp32_dir, "fp32", stage_config(cfg, fp32_dir))
+    if fp32 is None:
+        return
+    checkpoint = str(fp32_dir / fp32["checkpoint"])
+    reused: dict[str, Any] = {"fp32": fp32}
+    for name, stage_dir, stage in quant_stages(cfg, lab_dir, qconfigs, backends, checkpoint):
+        done = reuse_stage(name, stage_dir, "quantize", stage)
+        if done is not None:
+            reused[name] = done
+    if cfg.lab.get("export"):
+        for name in exported_stages(reused):
+            export_cfg = export_config(cfg, lab_dir, name)
+            reuse_stage(f"{name}/export", Path(export_cfg.paths.output_dir), "export", export_cfg)
 
 
 def run_lab(cfg: DictConfig) -> dict[str, Any]:
@@ -127,23 +213,14 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         spec = instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
         for backend_name, backend_cfg in backends.items():
             instantiate(backend_cfg, f"lab.backends={backend_name}").check(spec)
+    check_reruns(cfg, lab_dir, qconfigs, backends)
 
     fp32_dir = lab_dir / "fp32"
-    fp32 = run_stage("fp32", fp32_dir, fit_fp32, stage_config(cfg, fp32_dir))
+    fp32 = run_stage("fp32", fp32_dir, fit_fp32, stage_config(cfg, fp32_dir), "fp32")
     checkpoint = str(fp32_dir / fp32["checkpoint"])
     stage_results: dict[str, dict[str, Any]] = {"fp32": fp32}
-    for backend, backend_cfg in backends.items():
-        for qconfig, option in qconfigs.items():
-            for mode in ("ptq", "qat"):
-                if mode == "ptq" and not is_global_zero():
-                    continue  # one-process work: the other DDP ranks wait for the next DDP stage
-                name = stage_name(mode, qconfig, backend)
-                overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
-                stage_dir = lab_dir / name
-                stage = stage_config(cfg, stage_dir, qconfig=option, **overrides)
-                with open_dict(stage):
-                    stage.backend = backend_cfg
-                stage_results[name] = run_stage(name, stage_dir, quantize, stage)
+    for name, stage_dir, stage in quant_stages(cfg, lab_dir, qconfigs, backends, checkpoint):
+        stage_results[name] = run_stage(name, stage_dir, quantize, stage, "quantize")
 
     if not is_global_zero():  # under DDP, rank 0 alone exports and reports
         return {"rows": []}

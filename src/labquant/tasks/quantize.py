@@ -38,6 +38,7 @@ from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
 from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
 from labquant.tasks.evaluate import cpu_latency, evaluate_confusion, paired_drop
+from labquant.tasks.fingerprint import settings_record
 from labquant.tasks.fp32_paths import fp32_runtimes
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
@@ -201,5 +202,6 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
     weights = layer_weights(prepared, [layer["name"] for layer in layers])
     log_stage(cfg, results, metrics_csv=metrics_csv, weights=weights)
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
+    results.update(settings_record(cfg, "quantize"))  # what a rerun must match to reuse it
     write_json(out_dir / "results.json", results)
     return results

@@ -15,7 +15,7 @@ from labquant.checkpoints import safe_checkpoint_globals
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.lit.module import count_parameters
-from labquant.reports.artifacts import file_size_mib, write_json
+from labquant.reports.artifacts import file_size_mib, write_json, write_torch
 from labquant.reports.curves import plot_loss_accuracy
 from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_train_checkpoint
@@ -26,6 +26,7 @@ from labquant.tasks.common import (
     model_name,
     percent,
 )
+from labquant.tasks.fingerprint import settings_record
 
 FP32_STATE_DICT = "model_fp32_state_dict.pt"
 
@@ -84,7 +85,7 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
 
     # After test(ckpt_path=best) the module holds the best weights: that is the model we ship.
     state_dict_path = out_dir / FP32_STATE_DICT
-    torch.save(module.net.state_dict(), state_dict_path)
+    write_torch(state_dict_path, module.net.state_dict())
 
     best_score = getattr(checkpoint, "best_model_score", None)
     results: dict[str, Any] = {
@@ -113,5 +114,6 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     # FP32 is its own reference: acc_drop 0 in the lab's HPARAMS table.
     log_stage(cfg, {**results, "acc_drop": 0.0}, csv_path, layer_weights(module.net))
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
+    results.update(settings_record(cfg, "fp32"))  # what a rerun must match to reuse it
     write_json(out_dir / "results.json", results)
     return results
