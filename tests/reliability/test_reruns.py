@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from labquant import run_lock
@@ -96,8 +97,10 @@ def test_a_qat_setting_redoes_the_qat_stage_only_and_only_with_overwrite(lab_cop
 def test_a_damaged_stage_the_lab_would_skip_is_named(lab_copy: Path) -> None:
     int8 = lab_copy / "ptq_pot" / "model_int8_state_dict.pt"
     int8.write_bytes(int8.read_bytes()[:100])
-    with pytest.raises(ConfigError, match=f"^stage ptq_pot: {int8} is damaged"):
+    with pytest.raises(ConfigError, match=f"^stage ptq_pot: {int8} is damaged.*overwrite=true"):
         rerun_lab(lab_copy)
+    rerun_lab(lab_copy, "overwrite=true")  # redoes that stage (and only what depends on it)
+    assert torch.load(int8, weights_only=True)  # whole again
 
 
 def test_a_stage_from_before_settings_were_recorded_is_treated_as_different(

@@ -21,11 +21,11 @@ from labquant.config.schema import validate_settings
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
 from labquant.run_lock import run_folder_lock
-from labquant.tasks.checks import check_stage_files, check_train_checkpoint
+from labquant.tasks.checks import check_train_checkpoint
 from labquant.tasks.export import export
 from labquant.tasks.fingerprint import reuse_complete_run, run_settings
 from labquant.tasks.quantize import quantize
-from labquant.tasks.runner import clear_run, is_global_zero
+from labquant.tasks.runner import clear_run, is_global_zero, whole_or_redo
 from labquant.tasks.train import fit_fp32
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,18 @@ def reuse_stage(name: str, stage_dir: Path, kind: str, stage_cfg: DictConfig) ->
     """The stage's complete results when they were computed with these settings (its model
     files checked whole), None when it must run; other settings without overwrite=true are the
     one-line error naming the first of them."""
+    overwrite = bool(stage_cfg.get("overwrite", False))
     done = reuse_complete_run(
         stage_dir,
         run_settings(stage_cfg, kind),
-        bool(stage_cfg.get("overwrite", False)),
+        overwrite,
         what=f"stage {name} ({stage_dir})",
         redo="redo it and the stages after it",
         # a stage's quant group is the lab's lab.ptq / lab.qat: name what the user typed
         shown_as={"quant.": f"lab.{stage_cfg.quant.mode}."} if kind == "quantize" else None,
     )
-    if done is not None:
-        fix = f"delete {stage_dir} to redo the stage"
-        check_stage_files(stage_dir, done, f"stage {name}", fix)
+    if done is not None and not whole_or_redo(stage_dir, done, f"stage {name}", overwrite):
+        return None
     return done
 
 
@@ -121,7 +121,7 @@ def run_stage(
             return done
         log.info("stage %s -> %s", name, stage_dir)
         if is_global_zero() and completed_results(stage_dir) is not None:
-            clear_run(stage_dir)  # complete with other settings, and overwrite=true
+            clear_run(stage_dir)  # complete with other settings or damaged, and overwrite=true
         stage_dir.mkdir(parents=True, exist_ok=True)
         if is_global_zero():  # the stage's config, where a standalone run's Hydra keeps it:
             # what labquant-export (stage_dir=<lab>/ptq_pot) rebuilds the stage's network from

@@ -25,6 +25,7 @@ from labquant.config.resolvers import register_resolvers
 from labquant.errors import ArtifactWriteError, ConfigError, DataError, RunFolderInUse, UserError
 from labquant.reports.artifacts import completed_results, write_bytes, write_json
 from labquant.run_lock import run_folder_lock
+from labquant.tasks.checks import check_stage_files
 from labquant.tasks.fingerprint import (
     STAGE_OF_TASK,
     first_difference,
@@ -163,6 +164,18 @@ def restore_hydra_files(out_dir: Path) -> None:
         write_bytes(hydra_dir / path.name, path.read_bytes())
 
 
+def whole_or_redo(folder: Path, done: dict[str, Any], what: str, overwrite: bool) -> bool:
+    """Whether a complete run that would be reused still holds whole model files; False (redo
+    it) when they are damaged and `overwrite=true`, else the one-line error naming the file."""
+    try:
+        check_stage_files(folder, done, what, "pass overwrite=true to redo it")
+    except ConfigError:
+        if overwrite:
+            return False
+        raise
+    return True
+
+
 def reusable_run(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | None:
     """The complete run already in `out_dir` that this job may reuse, None to run it.
 
@@ -181,6 +194,8 @@ def reusable_run(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, An
             log.info("%s holds a complete results.json: not rerun", out_dir)
             return done
         reused = reuse_complete_run(out_dir, settings, overwrite, what=str(out_dir))
+        if reused is not None and not whole_or_redo(out_dir, reused, str(out_dir), overwrite):
+            return None
         if reused is not None:
             log.info("%s holds a complete run with these settings: not rerun", out_dir)
         return reused
