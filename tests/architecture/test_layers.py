@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "checkpoints": 0,
     "run_lock": 0,  # one process per run folder (an OS file lock)
+    "onnx_runtime": 0,  # ONNX Runtime for any ONNX file (FP32 and int8)
     "config": 0,
     "reports": 0,
     "hw": 0,  # the integer-only reference: numpy, imports nothing above errors
@@ -164,3 +165,41 @@ def test_the_check_catches_a_wrong_import(tmp_path: Path, source: str, target: s
 
 def test_a_cycle_is_found() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+BACKEND_NAMES = ("eager", "pt2e")  # conf/backend/: what the code outside quant/ must not test
+
+
+def backend_name_checks(root: Path = PACKAGE_ROOT) -> list[str]:
+    """`x == "eager"`, `"pt2e" != y`, `x in ("eager", ...)` outside quant/: a pipeline that
+    asks which backend it has instead of what the backend offers (quant/backend.py)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "quant":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            strings = {
+                c.value
+                for operand in operands
+                for c in ast.walk(operand)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            }
+            if strings & set(BACKEND_NAMES):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_nothing_outside_quant_compares_a_backend_name() -> None:
+    assert backend_name_checks() == []
+
+
+def test_the_name_check_catches_a_comparison(tmp_path: Path) -> None:
+    root = tmp_path / "labquant"
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks" / "lab.py").write_text('def f(b):\n    return b.name == "eager"\n')
+    (root / "quant").mkdir()
+    (root / "quant" / "ok.py").write_text('NAME = "eager"\nSAME = NAME == "eager"\n')
+    assert backend_name_checks(root) == ["tasks/lab.py:2"]

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from labquant import onnx_runtime
 from labquant.errors import ConfigError
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import EagerBackend
-from labquant.quant.pt2e import onnx_export, stem
+from labquant.quant.pt2e import stem
 from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
 from labquant.quant.pt2e.bias_quant import FoldedBiasSnap
 from labquant.quant.pt2e.inspect import getattr_path
@@ -28,7 +29,7 @@ from tests.conftest import (
 )
 
 PT2E = ["backend=pt2e", "backend.compile=false", "quant.measure_latency=false"]
-needs_onnx = pytest.mark.skipif(not onnx_export.available(), reason="the [export] extra")
+needs_onnx = pytest.mark.skipif(not onnx_runtime.available(), reason="the [export] extra")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_every_scale_in_the_saved_pt2_is_a_power_of_two_in_range(ptq_pt2e_pot) -
 @needs_onnx
 def test_every_scale_in_the_onnx_file_is_a_power_of_two(ptq_pt2e_pot) -> None:
     results, out = ptq_pt2e_pot
-    scales = onnx_export.initializer_scales(out / results["int8_onnx"])
+    scales = onnx_runtime.initializer_scales(out / results["int8_onnx"])
     assert len(scales) > 30
     for scale in scales:
         assert 0 <= _power_of_two_exponent(scale) <= 2 * results["max_shift_amount"]
@@ -117,7 +118,7 @@ def test_eager_and_pt2e_give_the_same_scales_on_the_same_batches(name: str) -> N
         with torch.inference_mode():
             for x in batches:
                 prepared(x)
-        int8 = backend.convert(prepared, batches[0])
+        int8 = backend.convert(prepared, spec, batches[0])
         torch.manual_seed(0)
         reference = small_resnet(layers=[1, 1], base_width=8).eval()
         table = backend.layer_table(reference, prepared, int8, batches[0])
@@ -149,11 +150,11 @@ def test_a_missing_or_damaged_pt2_file_is_a_one_line_error(tmp_path: Path) -> No
 @needs_onnx
 def test_a_missing_or_damaged_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        onnx_export.OnnxInt8Model(tmp_path / "model_int8.onnx")
+        onnx_runtime.OnnxRuntimeModel(tmp_path / "model_int8.onnx")
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(b"\x08\x07garbage")
     with pytest.raises(ConfigError, match="is not a readable ONNX model") as broken:
-        onnx_export.OnnxInt8Model(damaged)
+        onnx_runtime.OnnxRuntimeModel(damaged)
     assert "\n" not in str(broken.value)
 
 
@@ -187,7 +188,7 @@ def test_qat_trains_against_the_folded_bias_that_convert_ships() -> None:
     prepared.eval()
     with torch.no_grad():
         prepared(torch.zeros(1, 3, 32, 32))
-    gm = backend.convert(prepared, torch.zeros(2, 3, 32, 32)).module
+    gm = backend.convert(prepared, qconfig_spec("pot"), torch.zeros(2, 3, 32, 32)).module
     conv = torch.ops.aten.conv2d.default
     shipped = [
         getattr_path(gm, n.args[2].target)
@@ -216,7 +217,7 @@ def test_the_stem_conv_keeps_out_of_the_saturating_int8_kernels(ptq_pt2e_pot) ->
     dq = stems[0].args[1]
     codes = getattr_path(gm, dq.args[0].target)
     assert codes.dtype == torch.int8
-    if not onnx_export.available():
+    if not onnx_runtime.available():
         return
     import onnx
     from onnx import numpy_helper

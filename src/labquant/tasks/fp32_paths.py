@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from labquant.quant.pt2e import onnx_export
+from labquant import onnx_runtime
 
 FP32_ONNX = "model_fp32.onnx"
 
@@ -61,12 +61,12 @@ class CompiledRuntime:
 def export_fp32_onnx(net: nn.Module, example: Tensor, path: Path) -> None:
     """The FP32 model as ONNX with a dynamic batch dimension (same opset as the int8 file)."""
     example = example[:2].detach().cpu().clone()
-    onnx_export.quiet_exporter_logs()
+    onnx_runtime.quiet_exporter_logs()
     onnx_program = torch.onnx.export(
         net,
         (example,),
         dynamo=True,
-        opset_version=onnx_export.OPSET,
+        opset_version=onnx_runtime.OPSET,
         dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
         verbose=False,
     )
@@ -82,11 +82,11 @@ def onnxruntime_runtime(
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         export_fp32_onnx(net, example, workdir / FP32_ONNX)
-        return onnx_export.OnnxInt8Model(workdir / FP32_ONNX, threads=threads)
+        return onnx_runtime.OnnxRuntimeModel(workdir / FP32_ONNX, threads=threads)
     with tempfile.TemporaryDirectory(prefix="labquant_fp32_onnx_") as tmp:
         path = Path(tmp) / FP32_ONNX
         export_fp32_onnx(net, example, path)
-        return onnx_export.OnnxInt8Model(path, threads=threads)
+        return onnx_runtime.OnnxRuntimeModel(path, threads=threads)
 
 
 def fp32_runtimes(
@@ -106,7 +106,7 @@ def fp32_runtimes(
     }
     if compile:
         runtimes["compiled"] = CompiledRuntime(net)
-    if onnx and onnx_export.available():
+    if onnx and onnx_runtime.available():
         runtimes["onnxruntime"] = onnxruntime_runtime(net, example, workdir)
     return runtimes
 
