@@ -133,6 +133,7 @@ def test_two_process_test_accuracy_is_the_single_process_one_exactly(ddp_fp32_ru
         "train.log",
         "train_ddp_process_1.log",
         ".hydra",
+        ".labquant.lock",  # rank 0's lock on the run folder (rank 1 takes none)
     }
 
 

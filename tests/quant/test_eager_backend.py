@@ -32,7 +32,7 @@ def test_ptq_through_the_interface_saves_a_model_that_loads_and_runs_the_same(
     with torch.inference_mode():
         for x in batches:
             prepared(x)
-    int8 = backend.convert(prepared, batches[0])
+    int8 = backend.convert(prepared, qconfig_spec(name), batches[0])
     assert isinstance(int8, Int8Model)
     saved = backend.save(int8, tmp_path)
     assert saved["size_mib"] > 0 and (tmp_path / saved["int8_torchscript"]).is_file()
@@ -94,6 +94,6 @@ def test_qat_trains_against_the_folded_bias_on_its_accumulator_grid(snap_bias: b
     assert not torch.equal(codes, codes.round())  # the float bias is off the grid
     expected = codes.round() * grid if snap_bias else folded.detach()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    int8 = backend.convert(prepared, torch.zeros(2, 3, 32, 32))
+    int8 = backend.convert(prepared, spec, torch.zeros(2, 3, 32, 32))
     assert int8.module is not None
     assert not [h for m in int8.module.modules() for h in m._forward_hooks.values()]

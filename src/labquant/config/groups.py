@@ -7,12 +7,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from labquant.config.paths import CONF_DIR
+from labquant.config import paths
 from labquant.errors import ConfigError
 
 
-def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+def group_choices(group: str, conf_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in ((conf_dir or paths.CONF_DIR) / group).glob("*.yaml"))
 
 
 def load_group_option(group: str, name: str, setting: str | None = None) -> DictConfig:
@@ -24,8 +24,19 @@ def load_group_option(group: str, name: str, setting: str | None = None) -> Dict
     if name not in choices:
         raise ConfigError(
             f"{setting or group}: unknown {group} {name!r}; choose from {', '.join(choices)} "
-            f"(configs in {CONF_DIR / group})"
+            f"(configs in {paths.CONF_DIR / group})"
         )
-    cfg = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+    cfg = OmegaConf.load(paths.CONF_DIR / group / f"{name}.yaml")
     assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def load_app_defaults(app: str) -> DictConfig:
+    """conf/<app>.yaml's own values (its `defaults` list and `hydra` block left out): what a
+    pipeline that runs another app's task inside it (the lab's exports) starts from, so the
+    defaults live in that YAML only."""
+    cfg = OmegaConf.load(paths.CONF_DIR / f"{app}.yaml")
+    assert isinstance(cfg, DictConfig)
+    for key in ("defaults", "hydra"):
+        cfg.pop(key, None)
     return cfg

@@ -1,5 +1,5 @@
 """Lightning callbacks: epoch timing, a NaN guard, and the quantization stages' prepare (in
-`setup`) and QAT schedule, both through the QuantBackend interface.
+`setup`) and QAT schedule, both through the backend protocols (quant/backend.py).
 
 Preparing in `setup` matters: it runs before a checkpoint is restored and before the optimizer
 exists, so a killed QAT run resumes into the same fake-quantized module tree (the Lightning 1.x
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from labquant.errors import TrainingDiverged
-from labquant.quant.backend import QuantBackend
+from labquant.quant.backend import QATQuantizer, Quantizer
 from labquant.quant.qconfigs import QConfigSpec
 
 
@@ -107,7 +107,7 @@ class PrepareQuantization(pl.Callback):
     """
 
     def __init__(
-        self, backend: QuantBackend, qconfig: QConfigSpec, qat: bool, example_input: Tensor
+        self, backend: Quantizer, qconfig: QConfigSpec, qat: bool, example_input: Tensor
     ) -> None:
         self.backend = backend
         self.qconfig = qconfig
@@ -119,8 +119,11 @@ class PrepareQuantization(pl.Callback):
         if self.backend.is_prepared(net):
             return
         example = self.example_input.to(trainer.strategy.root_device)
-        prepare = self.backend.prepare_qat if self.qat else self.backend.prepare_ptq
-        pl_module.net = prepare(net, self.qconfig, example)
+        if self.qat:  # quantize.load_inputs checked that the backend offers QAT (check_mode)
+            assert isinstance(self.backend, QATQuantizer)
+            pl_module.net = self.backend.prepare_qat(net, self.qconfig, example)
+        else:
+            pl_module.net = self.backend.prepare_ptq(net, self.qconfig, example)
 
 
 class QATSchedule(pl.Callback):
@@ -131,7 +134,7 @@ class QATSchedule(pl.Callback):
     """
 
     def __init__(
-        self, backend: QuantBackend, freeze_observer_epoch: int = 4, freeze_bn_epoch: int = 3
+        self, backend: QATQuantizer, freeze_observer_epoch: int = 4, freeze_bn_epoch: int = 3
     ) -> None:
         self.backend = backend
         self.freeze_observer_epoch = freeze_observer_epoch

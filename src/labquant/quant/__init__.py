@@ -1,2 +1,2 @@
-"""Quantization behind one interface (`QuantBackend`): qconfig specs, the backend seam, and one
-subpackage per backend (eager today). Nothing here imports models/ or data/."""
+"""Quantization behind a few small protocols (quant/backend.py): qconfig specs, the backend
+seam, and one subpackage per backend (eager/, pt2e/). Nothing here imports models/ or data/."""

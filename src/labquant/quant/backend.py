@@ -1,11 +1,16 @@
-"""The seam between labquant's pipelines and a quantization library.
+"""The seam between labquant's pipelines and a quantization library: a few small protocols.
 
-Callbacks, pipelines and the benchmark talk only to `QuantBackend`; everything a library does its
-own way (in-place or returned prepare, observer modules or graph nodes, the deployable file
-format) stays behind it. A backend is chosen with `backend=<name>` (conf/backend/<name>.yaml),
-so a new one is one subpackage of quant/ plus one YAML and touches nothing in lit/, tasks/ or
-cli/. As in torchao, prepared and converted models are returned: callers never assume that the
-module they passed in was changed.
+Callbacks, pipelines and the benchmark talk only to these; everything a library does its own
+way (in-place or returned prepare, observer modules or graph nodes, the deployable file format)
+stays behind them. A backend is chosen with `backend=<name>` (conf/backend/<name>.yaml), so a
+new one is one subpackage of quant/ plus one YAML and touches nothing in lit/, tasks/ or cli/.
+As in torchao, prepared and converted models are returned: callers never assume that the module
+they passed in was changed.
+
+Every backend is a `Quantizer` (PTQ: check, prepare, convert, inspect) with `Artifacts` (save,
+load, other runtimes, sizes). One whose `modes` include "qat" is also a `QATQuantizer` (prepare
+for fine-tuning, the observer / BatchNorm schedule); one that can write the integer-only program
+of a power-of-two stage is also an `IntegerExporter`. The lab runs each backend's own modes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from labquant.errors import ConfigError
 from labquant.quant.qconfigs import QConfigSpec
+
+MODES = ("ptq", "qat")
 
 
 @runtime_checkable
@@ -25,24 +33,46 @@ class Int8Model(Protocol):
     def __call__(self, x: Tensor) -> Tensor: ...
 
 
-class QuantBackend(Protocol):
-    """Prepare, schedule, convert, inspect and save: the whole quantization lifecycle."""
+@runtime_checkable
+class Quantizer(Protocol):
+    """Post-training quantization: what every backend does."""
 
-    name: str
+    name: str  # results.json's `backend`
+    modes: tuple[str, ...]  # what the lab runs: ("ptq",) or ("ptq", "qat")
+    stage_suffix: str  # the lab's stage folders: <mode>_<qconfig><suffix>
 
-    def check(self, qconfig: QConfigSpec) -> None:
-        """Refuse a qconfig this backend cannot realise (ConfigError), before any work."""
+    def check(self, qconfig: QConfigSpec, mode: str) -> None:
+        """Refuse a qconfig or mode this backend cannot realise (ConfigError), before work."""
         ...
 
     def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
         """Fuse (BN folded) and insert observers; the result is calibrated by running batches."""
         ...
 
+    def is_prepared(self, net: nn.Module) -> bool: ...
+
+    def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> Int8Model:
+        """An int8 CPU copy in its deployable form; `prepared` stays trainable as it was."""
+        ...
+
+    def layer_table(
+        self, fp32_net: nn.Module, prepared: nn.Module, int8: Int8Model, batch: Tensor
+    ) -> list[dict[str, Any]]:
+        """results.json's `layers`: per quantized layer its qparams, clamp hits and SQNR."""
+        ...
+
+    def layer_weights(self, prepared: nn.Module, names: list[str]) -> dict[str, Tensor]:
+        """The float weights of the named layers of a prepared model (TensorBoard histograms)."""
+        ...
+
+
+@runtime_checkable
+class QATQuantizer(Protocol):
+    """Quantization-aware training: a backend whose `modes` include "qat"."""
+
     def prepare_qat(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
         """Fuse (BN trainable) and insert fake quantization; the result is fine-tuned."""
         ...
-
-    def is_prepared(self, net: nn.Module) -> bool: ...
 
     def set_observers(self, net: nn.Module, enabled: bool) -> None:
         """Let the QAT ranges move (True) or freeze them (False)."""
@@ -56,19 +86,14 @@ class QuantBackend(Protocol):
         """Every fake-quant scale by layer name (per-channel ones as their maximum), for logs."""
         ...
 
-    def convert(self, prepared: nn.Module, example: Tensor) -> Int8Model:
-        """An int8 CPU copy in its deployable form; `prepared` stays trainable as it was."""
-        ...
 
-    def layer_table(
-        self, fp32_net: nn.Module, prepared: nn.Module, int8: Int8Model, batch: Tensor
-    ) -> list[dict[str, Any]]:
-        """results.json's `layers`: per quantized layer its qparams, clamp hits and SQNR."""
-        ...
+@runtime_checkable
+class Artifacts(Protocol):
+    """The int8 model's files: what ships, and the runtimes that read them."""
 
     def save(self, int8: Int8Model, folder: Path) -> dict[str, Any]:
         """Write the int8 artifacts atomically; return results.json entries: the file names
-        and `size_mib`, the size of the int8 weights file."""
+        (`int8_<format>` keys) and `size_mib`, the size of the int8 weights file."""
         ...
 
     def load(self, folder: Path, saved: dict[str, Any]) -> Int8Model:
@@ -84,3 +109,34 @@ class QuantBackend(Protocol):
         """MiB of each saved form, measured in memory (the benchmark's `sizes`); `int8_mib` is
         the int8 weights file that `size_mib` in results.json measures."""
         ...
+
+
+@runtime_checkable
+class IntegerExporter(Protocol):
+    """A backend that turns a saved power-of-two stage into the integer-only program."""
+
+    def integer_export(
+        self,
+        net: nn.Module,
+        qconfig: QConfigSpec,
+        folder: Path,
+        saved: dict[str, Any],
+        image_hw: tuple[int, int],
+    ) -> Any:
+        """An object with `program` (hw/program.py), `engine`, and `layer_codes(x)`: the torch
+        int8 model's own output codes per op, to measure bit-exactness against."""
+        ...
+
+
+@runtime_checkable
+class QuantBackend(Quantizer, Artifacts, Protocol):
+    """What `backend=<name>` instantiates: a Quantizer with Artifacts."""
+
+
+def check_mode(backend: Quantizer, mode: str) -> None:
+    """A mode the backend does not offer is the one-line error naming the ones it does."""
+    if mode not in backend.modes or (mode == "qat" and not isinstance(backend, QATQuantizer)):
+        raise ConfigError(
+            f"backend={backend.name} does not support quant={mode} (it offers "
+            f"{', '.join(backend.modes)}); choose another backend or quant={backend.modes[0]}"
+        )

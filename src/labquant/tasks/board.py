@@ -48,24 +48,14 @@ def stage_figures(results: dict[str, Any], metrics_csv: Path | None) -> dict[str
     return figures
 
 
-def layer_weights(net: nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Weights of the named layers (the quantized ones), else of every conv / linear layer."""
-    if names is None:
-        names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    weights = {}
-    for name in names:
-        try:
-            module = net.get_submodule(name)
-        except AttributeError:
-            continue
-        weight = getattr(module, "weight", None)
-        if weight is None:  # fused ConvReLU2d & co. (PTQ) hold the conv as their first child
-            weight = getattr(next(iter(module.children()), None), "weight", None)
-        weight = weight() if callable(weight) else weight  # int8 modules: weight()
-        if isinstance(weight, torch.Tensor):
-            weight = weight.dequantize() if weight.is_quantized else weight
-            weights[name] = weight.detach().float().cpu()
-    return weights
+def float_layer_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every conv / linear weight of a float network (FP32 training's histograms); an int8
+    stage's come from its backend (`layer_weights`)."""
+    return {
+        name: module.weight.detach().float().cpu()
+        for name, module in net.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    }
 
 
 def log_stage(

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from labquant.config.groups import load_group_option
+from labquant.config.groups import load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
+from labquant.quant.backend import IntegerExporter, QuantBackend
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
 from labquant.run_lock import run_folder_lock
@@ -77,18 +79,29 @@ def qconfig_option(cfg: DictConfig, name: str) -> DictConfig:
     return option
 
 
-def backend_option(cfg: DictConfig, name: str) -> DictConfig:
+@dataclass
+class LabBackend:
+    """One `lab.backends` entry: its config (what a stage's `backend` group becomes) and the
+    backend it builds (its modes, stage folder suffix, optional integer export)."""
+
+    name: str
+    cfg: DictConfig
+    backend: QuantBackend
+
+
+def lab_backend(cfg: DictConfig, name: str) -> LabBackend:
     """The backend config of one `lab.backends` entry: the composed `backend` (with the user's
     overrides, e.g. backend.compile=false) when it is that one, else its YAML."""
     option = load_group_option("backend", name, setting="lab.backends")
     if cfg.backend.get("_target_") == option.get("_target_"):
-        return cfg.backend
-    return option
+        option = cfg.backend
+    return LabBackend(name, option, instantiate(option, f"lab.backends={name}"))
 
 
-def stage_name(mode: str, qconfig: str, backend: str) -> str:
-    """`ptq_pot` for the eager backend (the lab's folders before PT2E), `ptq_pot_pt2e` else."""
-    return f"{mode}_{qconfig}" if backend == "eager" else f"{mode}_{qconfig}_{backend}"
+def stage_name(mode: str, qconfig: str, backend: QuantBackend) -> str:
+    """`<mode>_<qconfig><suffix>`: `ptq_pot` (eager: the lab's folders before PT2E),
+    `ptq_pot_pt2e`; each backend declares its suffix."""
+    return f"{mode}_{qconfig}{backend.stage_suffix}"
 
 
 def reuse_stage(name: str, stage_dir: Path, kind: str, stage_cfg: DictConfig) -> dict | None:
@@ -131,31 +144,40 @@ def run_stage(
 
 
 def export_config(cfg: DictConfig, lab_dir: Path, name: str) -> DictConfig:
-    export_dir = lab_dir / name / "export"
-    settings = {
-        "task_name": "export", "stage_dir": str(lab_dir / name), "golden": cfg.lab.golden,
-        "rounding": "half_even", "images": None, "data_root": None,
-        "overwrite": bool(cfg.get("overwrite", False)), "paths": {"output_dir": str(export_dir)},
-    }  # fmt: skip
-    return OmegaConf.create(settings)
+    """labquant-export's config for one stage: conf/export.yaml's values, then the lab's."""
+    export_cfg = load_app_defaults("export")
+    stage_dir = lab_dir / name
+    lab_values = {
+        "stage_dir": str(stage_dir),
+        "golden": cfg.lab.golden,
+        "overwrite": bool(cfg.get("overwrite", False)),
+        "paths": {"output_dir": str(stage_dir / "export")},
+    }
+    return OmegaConf.merge(export_cfg, lab_values)
 
 
-def exported_stages(stage_results: dict[str, Any]) -> list[str]:
-    """The stages `lab.export=true` exports: the power-of-two ones of the eager backend."""
+def exported_stages(stage_results: dict[str, Any], backends: dict[str, LabBackend]) -> list[str]:
+    """The stages `lab.export=true` exports: the power-of-two ones of a backend that has an
+    integer export."""
+    exporters = {
+        b.backend.name for b in backends.values() if isinstance(b.backend, IntegerExporter)
+    }
     names = []
     for name, results in stage_results.items():
         if name == "fp32" or results.get("max_shift_amount") is None:
             continue  # not a power-of-two stage
-        if results.get("backend", "eager") != "eager":
-            log.info("stage %s: the integer export reads eager int8 models only", name)
+        if results.get("backend") not in exporters:
+            log.info("stage %s: backend=%s has no integer export", name, results.get("backend"))
             continue
         names.append(name)
     return names
 
 
-def run_exports(cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any]) -> None:
+def run_exports(
+    cfg: DictConfig, lab_dir: Path, stage_results: dict[str, Any], backends: dict[str, LabBackend]
+) -> None:
     """`lab.export=true`: labquant-export on every power-of-two stage, into <stage>/export/."""
-    for name in exported_stages(stage_results):
+    for name in exported_stages(stage_results, backends):
         export_cfg = export_config(cfg, lab_dir, name)
         run_stage(f"{name}/export", Path(export_cfg.paths.output_dir), export, export_cfg, "export")
 
@@ -164,25 +186,29 @@ def quant_stages(
     cfg: DictConfig,
     lab_dir: Path,
     qconfigs: dict[str, DictConfig],
-    backends: dict[str, DictConfig],
+    backends: dict[str, LabBackend],
     checkpoint: str,
 ) -> Iterator[tuple[str, Path, DictConfig]]:
-    """(name, folder, config) of every PTQ and QAT stage, in the order the lab runs them."""
-    for backend, backend_cfg in backends.items():
+    """(name, folder, config) of every stage of each backend's modes, in the order the lab runs
+    them."""
+    for entry in backends.values():
         for qconfig, option in qconfigs.items():
-            for mode in ("ptq", "qat"):
+            for mode in entry.backend.modes:
                 if mode == "ptq" and not is_global_zero():
                     continue  # one-process work: the other DDP ranks wait for the next DDP stage
-                name = stage_name(mode, qconfig, backend)
+                name = stage_name(mode, qconfig, entry.backend)
                 overrides = {"quant": cfg.lab[mode], "ckpt_path": checkpoint}
                 stage = stage_config(cfg, lab_dir / name, qconfig=option, **overrides)
                 with open_dict(stage):
-                    stage.backend = backend_cfg
+                    stage.backend = entry.cfg
                 yield name, lab_dir / name, stage
 
 
 def check_reruns(
-    cfg: DictConfig, lab_dir: Path, qconfigs: dict[str, DictConfig], backends: dict[str, Any]
+    cfg: DictConfig,
+    lab_dir: Path,
+    qconfigs: dict[str, DictConfig],
+    backends: dict[str, LabBackend],
 ) -> None:
     """Before any work: every finished stage this lab would reuse must have been computed with
     these settings (else the one-line error, unless overwrite=true redoes it). Stages after an
@@ -198,7 +224,7 @@ def check_reruns(
         if done is not None:
             reused[name] = done
     if cfg.lab.get("export"):
-        for name in exported_stages(reused):
+        for name in exported_stages(reused, backends):
             export_cfg = export_config(cfg, lab_dir, name)
             reuse_stage(f"{name}/export", Path(export_cfg.paths.output_dir), "export", export_cfg)
 
@@ -208,11 +234,12 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     check_train_checkpoint(cfg)
     lab_dir = Path(cfg.paths.output_dir)
     qconfigs = {name: qconfig_option(cfg, name) for name in cfg.lab.qconfigs}
-    backends = {name: backend_option(cfg, name) for name in cfg.lab.backends}
+    backends = {name: lab_backend(cfg, name) for name in cfg.lab.backends}
     for name, option in qconfigs.items():
         spec = instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
-        for backend_name, backend_cfg in backends.items():
-            instantiate(backend_cfg, f"lab.backends={backend_name}").check(spec)
+        for entry in backends.values():
+            for mode in entry.backend.modes:
+                entry.backend.check(spec, mode)
     check_reruns(cfg, lab_dir, qconfigs, backends)
 
     fp32_dir = lab_dir / "fp32"
@@ -225,7 +252,7 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     if not is_global_zero():  # under DDP, rank 0 alone exports and reports
         return {"rows": []}
     if cfg.lab.get("export"):
-        run_exports(cfg, lab_dir, stage_results)
+        run_exports(cfg, lab_dir, stage_results, backends)
     # Rendered from the stages' results.json files only, as `labquant-report` rebuilds it.
     read = {key: read_json(lab_dir / key / "results.json") for key in stage_results}
     write_lab(lab_dir, {key: with_export(lab_dir / key, r) for key, r in read.items()})

@@ -1,4 +1,4 @@
-"""`backend=eager`: QuantBackend on eager-mode torch.ao.quantization.
+"""`backend=eager`: the backend protocols on eager-mode torch.ao.quantization.
 
 Eager prepare works in place on modules (QuantStub, FloatFunctional, fused Conv+BN); the int8
 model ships as a traced, frozen TorchScript file, the only form that runs an eager int8 model
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
+from labquant.quant.backend import check_mode
 from labquant.quant.eager import bias_quant, inspect, integer, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
@@ -24,8 +25,6 @@ from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atom
 
 INT8_TORCHSCRIPT = "model_int8.pt"
 INT8_STATE_DICT = "model_int8_state_dict.pt"
-_ENGINE_ATTR = "labquant_engine"  # on the prepared net: convert needs the engine it was made for
-_SNAP_ATTR = "labquant_snap_bias"  # on the prepared net: convert snaps biases (qconfig.snap_bias)
 
 
 @dataclass
@@ -43,11 +42,15 @@ class EagerInt8Model:
 
 
 class EagerBackend:
-    """Eager-mode fuse / observe / convert, behind the QuantBackend interface."""
+    """Eager-mode fuse / observe / convert: a Quantizer, QATQuantizer, Artifacts and
+    IntegerExporter (quant/backend.py)."""
 
     name = "eager"
+    modes = ("ptq", "qat")
+    stage_suffix = ""  # the lab's stage folders before PT2E: ptq_pot, qat_pot
 
-    def check(self, qconfig: QConfigSpec) -> None:
+    def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
+        check_mode(self, mode)
         engine_for(qconfig)  # the engine's int8 kernels must be in this torch build
 
     def _prepare(self, net: nn.Module, qconfig: QConfigSpec, qat: bool) -> nn.Module:
@@ -56,10 +59,7 @@ class EagerBackend:
         prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
         relu = relu_output_qconfig(qconfig, qat=qat)
         prepared = prepare(net, eager_qconfig(qconfig, qat=qat), relu)
-        setattr(prepared, _ENGINE_ATTR, engine)
-        snap = qconfig.power_of_two and qconfig.snap_bias
-        setattr(prepared, _SNAP_ATTR, snap)
-        if qat and snap:
+        if qat and qconfig.power_of_two and qconfig.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         return prepared
 
@@ -84,12 +84,12 @@ class EagerBackend:
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return workflow.fake_quant_scales(net)
 
-    def convert(self, prepared: nn.Module, example: Tensor) -> EagerInt8Model:
-        engine = getattr(prepared, _ENGINE_ATTR, None) or torch.backends.quantized.engine
+    def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> EagerInt8Model:
+        engine = engine_for(qconfig)  # the engine prepare chose for the same qconfig
         workflow.set_engine(engine)
         module = workflow.convert_int8(prepared)
         bias_quant.remove(module)
-        if getattr(prepared, _SNAP_ATTR, False):
+        if qconfig.power_of_two and qconfig.snap_bias:
             integer.snap_biases(module, example.detach().cpu())
         script = to_torchscript(module, example[:1].detach().cpu())
         return EagerInt8Model(module=module, script=script, engine=engine)
@@ -100,6 +100,9 @@ class EagerBackend:
         if int8.module is None:
             raise ValueError("a loaded TorchScript file has no layers to inspect")
         return inspect.layer_table(fp32_net, prepared, int8.module, batch)
+
+    def layer_weights(self, prepared: nn.Module, names: list[str]) -> dict[str, Tensor]:
+        return inspect.layer_weights(prepared, names)
 
     def save(self, int8: EagerInt8Model, folder: Path) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)

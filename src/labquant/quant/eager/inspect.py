@@ -117,3 +117,21 @@ def layer_table(
         }
         for name, module in layers
     ]
+
+
+def layer_weights(net: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The float weights of the named layers of a prepared (or converted) eager model."""
+    weights = {}
+    for name in names:
+        try:
+            module = net.get_submodule(name)
+        except AttributeError:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None:  # fused ConvReLU2d & co. (PTQ) hold the conv as their first child
+            weight = getattr(next(iter(module.children()), None), "weight", None)
+        weight = weight() if callable(weight) else weight  # int8 modules: weight()
+        if isinstance(weight, torch.Tensor):
+            weight = weight.dequantize() if weight.is_quantized else weight
+            weights[name] = weight.detach().float().cpu()
+    return weights

@@ -1,5 +1,5 @@
-"""`backend=pt2e`: QuantBackend on torch.export + torchao (prepare_pt2e / prepare_qat_pt2e /
-convert_pt2e).
+"""`backend=pt2e`: the backend protocols on torch.export + torchao (prepare_pt2e /
+prepare_qat_pt2e / convert_pt2e).
 
 The float model is captured with `torch.export`, annotated by a torchao Quantizer (quantizer.py),
 observed or fake-quantized inside Lightning's loops like eager, then converted to a Q/DQ graph
@@ -24,8 +24,11 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import FakeQuantizeBase
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
+from labquant import onnx_runtime
 from labquant.errors import ConfigError
-from labquant.quant.pt2e import bias_quant, graph, inspect, onnx_export, stem
+from labquant.onnx_runtime import OnnxRuntimeModel
+from labquant.quant.backend import check_mode
+from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
@@ -34,7 +37,7 @@ from labquant.reports.machine import has_vnni
 INT8_PT2 = "model_int8.pt2"
 INT8_ONNX = "model_int8.onnx"
 SUPPORTED_ENGINES = ("x86", "fbgemm")  # what X86InductorQuantizer / Inductor's lowering target
-_SPEC_ATTR = "_labquant_qconfig"
+_PREPARED_ATTR = "_labquant_prepared"  # marks a GraphModule this backend prepared
 FIX_FILE = "pass stage_dir / int8 path of a complete backend=pt2e stage (rerun labquant-quantize)"
 
 
@@ -85,15 +88,19 @@ class PT2EInt8Model:
 
 
 class PT2EBackend:
-    """torch.export + torchao PT2E, behind the QuantBackend interface."""
+    """torch.export + torchao PT2E: a Quantizer, QATQuantizer, Artifacts and IntegerExporter
+    (quant/backend.py)."""
 
     name = "pt2e"
+    modes = ("ptq", "qat")
+    stage_suffix = "_pt2e"
 
     def __init__(self, compile: bool = True, onnx: bool = True) -> None:
         self.compile = bool(compile)
         self.onnx = bool(onnx)
 
-    def check(self, qconfig: QConfigSpec) -> None:
+    def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
+        check_mode(self, mode)
         if not qconfig.power_of_two and qconfig.engine not in SUPPORTED_ENGINES:
             raise ConfigError(
                 f"backend=pt2e does not support qconfig={qconfig.name} (engine "
@@ -102,7 +109,7 @@ class PT2EBackend:
             )
 
     def _prepare(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor, qat: bool):
-        self.check(qconfig)
+        self.check(qconfig, "qat" if qat else "ptq")
         net.train(qat)
         captured = graph.capture(net, example)
         quantizer = quantizer_for(qconfig, qat=qat, reduce_range=not has_vnni())
@@ -111,7 +118,7 @@ class PT2EBackend:
         if qat and qconfig.power_of_two and qconfig.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         prepared = graph.allow_train_eval(prepared)
-        setattr(prepared, _SPEC_ATTR, qconfig)
+        setattr(prepared, _PREPARED_ATTR, True)
         return prepared.train(qat)
 
     def prepare_ptq(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor) -> nn.Module:
@@ -121,7 +128,7 @@ class PT2EBackend:
         return self._prepare(net, qconfig, example, qat=True)
 
     def is_prepared(self, net: nn.Module) -> bool:
-        return isinstance(net, GraphModule) and hasattr(net, _SPEC_ATTR)
+        return isinstance(net, GraphModule) and hasattr(net, _PREPARED_ATTR)
 
     def set_observers(self, net: nn.Module, enabled: bool) -> None:
         for m in net.modules():
@@ -134,8 +141,7 @@ class PT2EBackend:
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return inspect.fake_quant_scales(net)
 
-    def convert(self, prepared: nn.Module, example: Tensor) -> PT2EInt8Model:
-        qconfig: QConfigSpec = getattr(prepared, _SPEC_ATTR)
+    def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> PT2EInt8Model:
         work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was
         bias_quant.remove(work)  # convert folds BN itself; snap_biases below does the rest
         converted = convert_pt2e(work)
@@ -156,6 +162,9 @@ class PT2EBackend:
     ) -> list[dict[str, Any]]:
         return inspect.layer_table(fp32_net, prepared, int8.module, batch)
 
+    def layer_weights(self, prepared: nn.Module, names: list[str]) -> dict[str, Tensor]:
+        return inspect.layer_weights(prepared, names)
+
     def save(self, int8: PT2EInt8Model, folder: Path) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         pt2 = folder / INT8_PT2
@@ -166,7 +175,7 @@ class PT2EBackend:
             "int8_pt2": INT8_PT2,
             "int8_engine": "inductor",
         }
-        if self.onnx and onnx_export.available():
+        if self.onnx and onnx_runtime.available():
             path = folder / INT8_ONNX
             write_atomic(path, lambda tmp: onnx_export.export_onnx(int8.program, tmp))
             saved["int8_onnx"] = INT8_ONNX
@@ -180,13 +189,40 @@ class PT2EBackend:
             compile=self.compile,
         )
 
+    def integer_export(
+        self,
+        net: nn.Module,
+        qconfig: QConfigSpec,
+        folder: Path,
+        saved: dict[str, Any],
+        image_hw: tuple[int, int],
+    ) -> integer.PT2EIntegerExport:
+        """The stage's `.pt2` program as an integer program (hw/program.py), with the program's
+        own codes per op and its runtimes' logits (Inductor when `compile`, ONNX Runtime on the
+        `.onnx` file when there is one) to measure the reference against. `net` and
+        `image_hw` are not needed: the program holds its weights and shapes."""
+        if not qconfig.power_of_two:
+            raise ConfigError(
+                f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
+                f"a multiplier, not a shift; {integer.FIX}"
+            )
+        program = load_pt2(folder / saved.get("int8_pt2", INT8_PT2))
+        runtimes: dict[str, Any] = {}
+        if self.compile:
+            runtimes["inductor"] = PT2EInt8Model(program, qconfig.name, compile=True)
+        runtimes.update(self.runtimes(folder, saved))
+        clamp = {
+            row["name"]: row.get("clamp") for row in saved.get("layers") or [] if "name" in row
+        }
+        return integer.integer_export(program.module(), clamp, runtimes)
+
     def runtimes(self, folder: Path, saved: dict[str, Any]) -> dict[str, Any]:
         """Other runtimes of the saved artifacts, tested like the int8 model: ONNX Runtime on
         model_int8.onnx."""
         if "int8_onnx" not in saved:
             return {}
         path = folder / saved["int8_onnx"]
-        return {"onnxruntime": onnx_export.OnnxInt8Model(path, threads=torch.get_num_threads())}
+        return {"onnxruntime": OnnxRuntimeModel(path, threads=torch.get_num_threads())}
 
     def artifact_sizes(self, int8: PT2EInt8Model) -> dict[str, float]:
         pt2 = len(pt2_bytes(int8.program)) / 2**20

@@ -235,3 +235,21 @@ def layer_table(
         sqnr = sqnr_db(theirs, ours) if ours is not None and theirs is not None else float("nan")
         row["sqnr_db"] = round(sqnr, 3)
     return rows
+
+
+def layer_weights(prepared: nn.Module, names: list[str]) -> dict[str, Tensor]:
+    """The float weight of each named conv / linear of a prepared graph: the parameter its
+    weight input is traced back to (through observers, fake quants and QAT's BN-fold scaling)."""
+    weights: dict[str, Tensor] = {}
+    if not isinstance(prepared, GraphModule):
+        return weights
+    wanted = set(names)
+    for name, node in _matmuls(prepared):
+        source = node.args[1] if len(node.args) > 1 else None
+        for _ in range(6):
+            if not isinstance(source, Node) or source.op == "get_attr" or not source.args:
+                break
+            source = source.args[0]
+        if name in wanted and isinstance(source, Node) and source.op == "get_attr":
+            weights[name] = getattr_path(prepared, source.target).detach().float().cpu()
+    return weights

@@ -61,7 +61,7 @@ def int8_model(
     with torch.inference_mode():
         for x in calibration:
             net(x)
-    return backend.convert(net, calibration[0])
+    return backend.convert(net, qconfig, calibration[0])
 
 
 def shipped_runtimes(backend: QuantBackend, int8: Int8Model) -> dict[str, Runner]:

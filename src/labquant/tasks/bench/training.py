@@ -17,7 +17,7 @@ from labquant.data.augment import crop_params, normalize, pad_crop_flip
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
 from labquant.lit.module import ClassifierModule, FrozenTeacher, distillation_loss
-from labquant.quant.backend import QuantBackend
+from labquant.quant.backend import QATQuantizer
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.tasks.bench.common import SGD, build_model, normalized_batch, synthetic_data
 from labquant.tasks.bench.timing import interleaved_best_seconds, rate, ratio
@@ -127,7 +127,7 @@ def bench_qat_step(
     model: str,
     batch_size: int,
     steps: int,
-    backend: QuantBackend,
+    backend: QATQuantizer,
     qconfigs: dict[str, QConfigSpec],
 ) -> dict[str, Any]:
     """Each QAT step over the FP32 step, both as labquant trains them (channels_last, fp32),
