@@ -41,11 +41,11 @@ def test_step_epoch_and_warmup_cap() -> None:
 
 
 def test_qat_stays_fp32_where_fp32_training_would_be_bf16(tmp_path, monkeypatch) -> None:
-    from labquant.tasks.quantize import _qat_config
+    from labquant.tasks.quantize import qat_config
     from tests.conftest import compose_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cfg = compose_config("quantize", ["quant=qat"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed"
-    assert _qat_config(cfg).trainer.precision == "32-true"
+    assert qat_config(cfg).trainer.precision == "32-true"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,16 @@ from labquant.config.schema import validate_settings
 from labquant.data.augment import normalize
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
-from labquant.lit.module import ClassifierModule
 from labquant.quant.backend import QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
-from labquant.reports.artifacts import serialized_mib, write_json
-from labquant.reports.curves import plot_loss_accuracy
+from labquant.reports.artifacts import serialized_mib
 from labquant.reports.machine import cpu
 from labquant.reports.table import worst_layers
-from labquant.tasks.board import layer_weights, log_stage
 from labquant.tasks.checks import check_batch_size, check_qat_resume
-from labquant.tasks.common import build_module, build_trainer, metrics_csv_path, model_name
-from labquant.tasks.evaluate import cpu_latency, evaluate_confusion, paired_drop
-from labquant.tasks.fingerprint import settings_record
+from labquant.tasks.common import build_module, build_trainer, model_name
+from labquant.tasks.evaluate import Evaluation, cpu_latency, evaluate_confusion, paired_drop
 from labquant.tasks.fp32_paths import fp32_runtimes
+from labquant.tasks.stage_end import finish_stage
 
 FIX_CKPT = "pass ckpt_path=<fp32 run>/checkpoints/best.ckpt from labquant-train"
 
@@ -52,9 +50,53 @@ def load_fp32_net(cfg: DictConfig, checkpoint: dict[str, Any]) -> nn.Module:
     return net
 
 
-def _calibrate(
-    cfg: DictConfig, module: ClassifierModule, dm: TensorImageDataModule, prepare: pl.Callback
-) -> None:
+@dataclass
+class StageInputs:
+    """What a PTQ or QAT stage starts from, every part checked before any work."""
+
+    qconfig: QConfigSpec
+    backend: QuantBackend
+    data: TensorImageDataModule
+    fp32_net: nn.Module
+    fp32_eval: Evaluation
+    batch: Tensor  # a normalized training batch: calibration shape, example input
+
+
+@dataclass
+class Tuned:
+    """The prepared network after calibration or fine-tuning, and where it was trained."""
+
+    prepared: nn.Module
+    train_device: str | None = None  # QAT's device; PTQ calibrates on the CPU
+    world_size: int = 1  # QAT's processes (DDP); conversion and tests: one
+    writes: bool = True  # False on DDP ranks other than 0: rank 0 converts, tests and writes
+
+
+def load_inputs(cfg: DictConfig) -> StageInputs:
+    """Settings, qconfig and backend (mode included), the FP32 checkpoint and the data."""
+    validate_settings(cfg)
+    qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
+    backend: QuantBackend = instantiate(cfg.backend, "backend")
+    backend.check(qconfig, cfg.quant.mode)
+    checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
+    check_qat_resume(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    dm: TensorImageDataModule = instantiate(cfg.data, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    check_batch_size(dm)
+    fp32_net = load_fp32_net(cfg, checkpoint)
+    fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
+    batch = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
+    return StageInputs(qconfig, backend, dm, fp32_net, fp32_eval, batch)
+
+
+def calibrate(cfg: DictConfig, inputs: StageInputs) -> Tuned:
+    """PTQ: Lightning's validation loop runs the calibration batches through the observers."""
+    prepare = PrepareQuantization(
+        inputs.backend, inputs.qconfig, qat=False, example_input=inputs.batch[:2]
+    )
+    module = build_module(cfg, net=copy.deepcopy(inputs.fp32_net))
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -65,10 +107,11 @@ def _calibrate(
         limit_val_batches=cfg.quant.calibration_batches,
         callbacks=[prepare],
     )
-    trainer.validate(module, datamodule=dm.calibration_view(), verbose=False)
+    trainer.validate(module, datamodule=inputs.data.calibration_view(), verbose=False)
+    return Tuned(module.net)
 
 
-def _qat_config(cfg: DictConfig) -> DictConfig:
+def qat_config(cfg: DictConfig) -> DictConfig:
     """Fine-tuning settings of the QAT stage over the FP32 recipe (fp32 precision: fake quant)."""
     overrides: dict[str, Any] = {
         "optimizer": {"lr": cfg.quant.lr},
@@ -79,28 +122,85 @@ def _qat_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, overrides)
 
 
-def _fine_tune(
-    cfg: DictConfig,
-    module: ClassifierModule,
-    dm: TensorImageDataModule,
-    backend: QuantBackend,
-    prepare: pl.Callback,
-) -> pl.Trainer:
-    qat_cfg = _qat_config(cfg)
-    schedule = QATSchedule(backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch)
+def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:
+    """QAT: Lightning's fit loop, with the backend's observer / BatchNorm schedule, distilled
+    from the FP32 network."""
+    qat_cfg = qat_config(cfg)
+    teacher = copy.deepcopy(inputs.fp32_net) if cfg.quant.get("distill_weight") else None
+    module = build_module(qat_cfg, net=copy.deepcopy(inputs.fp32_net), teacher=teacher)
+    prepare = PrepareQuantization(
+        inputs.backend, inputs.qconfig, qat=True, example_input=inputs.batch[:2]
+    )
+    schedule = QATSchedule(
+        inputs.backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch
+    )
     trainer = build_trainer(qat_cfg, extra_callbacks=[prepare, schedule])
     with safe_checkpoint_globals():
         trainer.fit(
             module,
-            datamodule=dm,
+            datamodule=inputs.data,
             ckpt_path="last" if cfg.get("resume") else None,
             weights_only=True,
         )
-    csv_path = metrics_csv_path(trainer)
-    if trainer.is_global_zero and csv_path is not None and csv_path.exists():
-        title = f"{model_name(cfg)} QAT ({cfg.qconfig.name})"
-        plot_loss_accuracy(csv_path, Path(cfg.paths.output_dir) / "loss_accuracy.png", title=title)
-    return trainer
+    device = str(trainer.strategy.root_device)
+    return Tuned(module.net, device, trainer.world_size, writes=trainer.is_global_zero)
+
+
+@dataclass
+class Scores:
+    """The int8 model and each other runtime of its saved files, on the whole test set."""
+
+    int8: Evaluation
+    saved: dict[str, Any]  # the backend's artifact entries plus <runtime>_test_acc / _ci95
+    runtimes: dict[str, Any]
+
+
+def save_and_score(out_dir: Path, inputs: StageInputs, int8: Any) -> Scores:
+    """Score the int8 model, save its files, and score every other runtime of those files."""
+    int8_eval = evaluate_confusion(int8, inputs.data.eval_dataloader())
+    saved = inputs.backend.save(int8, out_dir)
+    runtimes = inputs.backend.runtimes(out_dir, saved)  # the same file in another runtime (ORT)
+    for runtime, deployed in runtimes.items():
+        deployed_eval = evaluate_confusion(deployed, inputs.data.eval_dataloader())
+        saved[f"{runtime}_test_acc"] = round(deployed_eval.acc, 4)
+        interval = paired_drop(inputs.fp32_eval, deployed_eval).get("acc_drop_ci95")
+        saved[f"{runtime}_acc_drop_ci95"] = interval
+    return Scores(int8_eval, saved, runtimes)
+
+
+def stage_results(
+    cfg: DictConfig, inputs: StageInputs, tuned: Tuned, scores: Scores, layers: list[dict]
+) -> dict[str, Any]:
+    """results.json of a PTQ / QAT stage from what the stage computed (no I/O)."""
+    fp32, int8 = inputs.fp32_eval, scores.int8
+    results: dict[str, Any] = {
+        "stage": cfg.quant.mode,
+        "status": "complete",
+        "backend": inputs.backend.name,
+        "qconfig": inputs.qconfig.name,
+        "max_shift_amount": inputs.qconfig.max_shift_amount,
+        "model": model_name(cfg),
+        "test_acc": round(int8.acc, 4),
+        "test_loss": int8.loss,
+        **scores.saved,
+        "fp32_test_acc": round(fp32.acc, 4),
+        "acc_drop": round(fp32.acc - int8.acc, 4),
+        # Half-width of its 95 % paired interval, and the images only one model gets right.
+        **paired_drop(fp32, int8),
+        "fp32_size_mib": serialized_mib(inputs.fp32_net.state_dict()),
+        "fp32_checkpoint": str(cfg.ckpt_path),
+        "qat_device": tuned.train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
+        "world_size": tuned.world_size,
+        "test_images": len(inputs.data.arrays("test")[1]),  # int8 and FP32 tested once each
+        "layers": layers,
+        "worst_layers": [layer["name"] for layer in worst_layers(layers)],
+        # Test set, rows = true class, columns = predicted; the report's per-class table.
+        "confusion": {"fp32": fp32.confusion, "int8": int8.confusion},
+        "class_names": list(getattr(inputs.data, "class_names", ())) or None,
+    }
+    if cfg.quant.mode == "ptq":
+        results["calibration_batches"] = cfg.quant.calibration_batches
+    return results
 
 
 def measure_speed(
@@ -124,84 +224,28 @@ def measure_speed(
 
 
 def quantize(cfg: DictConfig) -> dict[str, Any]:
-    """One PTQ or QAT stage; returns (and writes) its results.json."""
+    """One PTQ or QAT stage, top to bottom; returns (and writes) its results.json."""
     started = time.perf_counter()
-    validate_settings(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
-    backend: QuantBackend = instantiate(cfg.backend, "backend")
-    backend.check(qconfig)
-    checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
-    check_qat_resume(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    dm: TensorImageDataModule = instantiate(cfg.data, "data")
-    dm.prepare_data()
-    dm.setup("fit")
-    check_batch_size(dm)
-
-    fp32_net = load_fp32_net(cfg, checkpoint)
-    fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
-    fp32_acc = fp32_eval.acc
-    batch: Tensor = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
+    inputs = load_inputs(cfg)
     qat = cfg.quant.mode == "qat"
-    prepare = PrepareQuantization(backend, qconfig, qat=qat, example_input=batch[:2])
-    if qat:
-        teacher = copy.deepcopy(fp32_net) if cfg.quant.get("distill_weight") else None
-        module = build_module(_qat_config(cfg), net=copy.deepcopy(fp32_net), teacher=teacher)
-        trainer = _fine_tune(cfg, module, dm, backend, prepare)
-        if not trainer.is_global_zero:  # under DDP rank 0 converts, tests and writes alone
-            return {"status": "complete", "world_size": trainer.world_size}
-        train_device, world_size = str(trainer.strategy.root_device), trainer.world_size
-    else:
-        module = build_module(cfg, net=copy.deepcopy(fp32_net))
-        train_device, world_size = None, 1
-        _calibrate(cfg, module, dm, prepare)
-
-    prepared = module.net
-    int8 = backend.convert(prepared, batch)
-    int8_eval = evaluate_confusion(int8, dm.eval_dataloader())
-    test_acc = int8_eval.acc
-    saved = backend.save(int8, out_dir)
-    runtimes = backend.runtimes(out_dir, saved)  # the same file in another runtime (ORT)
-    for runtime, deployed in runtimes.items():
-        deployed_eval = evaluate_confusion(deployed, dm.eval_dataloader())
-        saved[f"{runtime}_test_acc"] = round(deployed_eval.acc, 4)
-        interval = paired_drop(fp32_eval, deployed_eval).get("acc_drop_ci95")
-        saved[f"{runtime}_acc_drop_ci95"] = interval
-    layers = backend.layer_table(fp32_net, prepared.cpu(), int8, batch)
-    results: dict[str, Any] = {
-        "stage": cfg.quant.mode,
-        "status": "complete",
-        "backend": backend.name,
-        "qconfig": qconfig.name,
-        "max_shift_amount": qconfig.max_shift_amount,
-        "model": model_name(cfg),
-        "test_acc": round(test_acc, 4),
-        "test_loss": int8_eval.loss,
-        **saved,
-        "fp32_test_acc": round(fp32_acc, 4),
-        "acc_drop": round(fp32_acc - test_acc, 4),
-        # Half-width of its 95 % paired interval, and the images only one model gets right.
-        **paired_drop(fp32_eval, int8_eval),
-        "fp32_size_mib": serialized_mib(fp32_net.state_dict()),
-        "fp32_checkpoint": str(cfg.ckpt_path),
-        "qat_device": train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
-        "world_size": world_size,  # processes of the fine-tuning (DDP); conversion: one
-        "test_images": len(dm.arrays("test")[1]),  # int8 and FP32 tested on every one, once
-        "layers": layers,
-        "worst_layers": [layer["name"] for layer in worst_layers(layers)],
-        # Test set, rows = true class, columns = predicted; the report's per-class table.
-        "confusion": {"fp32": fp32_eval.confusion, "int8": int8_eval.confusion},
-        "class_names": list(getattr(dm, "class_names", ())) or None,
-    }
-    if not qat:
-        results["calibration_batches"] = cfg.quant.calibration_batches
+    tuned = fine_tune(cfg, inputs) if qat else calibrate(cfg, inputs)
+    if not tuned.writes:  # a DDP rank other than 0: rank 0 converts, tests and writes alone
+        return {"status": "complete", "world_size": tuned.world_size}
+    int8 = inputs.backend.convert(tuned.prepared, inputs.qconfig, inputs.batch)
+    scores = save_and_score(out_dir, inputs, int8)
+    prepared = tuned.prepared.cpu()
+    layers = inputs.backend.layer_table(inputs.fp32_net, prepared, int8, inputs.batch)
+    results = stage_results(cfg, inputs, tuned, scores, layers)
     if cfg.quant.get("measure_latency", True):
-        results.update(measure_speed(cfg, int8, runtimes, fp32_net.cpu().eval(), batch))
-    metrics_csv = out_dir / "metrics.csv" if qat else None
-    weights = layer_weights(prepared, [layer["name"] for layer in layers])
-    log_stage(cfg, results, metrics_csv=metrics_csv, weights=weights)
-    results["wall_time_s"] = round(time.perf_counter() - started, 2)
-    results.update(settings_record(cfg, "quantize"))  # what a rerun must match to reuse it
-    write_json(out_dir / "results.json", results)
-    return results
+        fp32_net = inputs.fp32_net.cpu().eval()
+        results.update(measure_speed(cfg, int8, scores.runtimes, fp32_net, inputs.batch))
+    return finish_stage(
+        cfg,
+        results,
+        started=started,
+        stage="quantize",
+        metrics_csv=out_dir / "metrics.csv" if qat else None,
+        curves_title=f"{model_name(cfg)} QAT ({inputs.qconfig.name})",
+        weights=inputs.backend.layer_weights(prepared, [layer["name"] for layer in layers]),
+    )

@@ -15,9 +15,8 @@ from labquant.checkpoints import safe_checkpoint_globals
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.lit.module import count_parameters
-from labquant.reports.artifacts import file_size_mib, write_json, write_torch
-from labquant.reports.curves import plot_loss_accuracy
-from labquant.tasks.board import layer_weights, log_stage
+from labquant.reports.artifacts import file_size_mib, write_torch
+from labquant.tasks.board import float_layer_weights
 from labquant.tasks.checks import check_batch_size, check_train_checkpoint
 from labquant.tasks.common import (
     build_module,
@@ -26,7 +25,7 @@ from labquant.tasks.common import (
     model_name,
     percent,
 )
-from labquant.tasks.fingerprint import settings_record
+from labquant.tasks.stage_end import finish_stage
 
 FP32_STATE_DICT = "model_fp32_state_dict.pt"
 
@@ -106,14 +105,13 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         **distributed,
         "seed": cfg.seed,
     }
-    csv_path = metrics_csv_path(trainer)
-    if csv_path is not None and csv_path.exists():
-        plot_loss_accuracy(
-            csv_path, out_dir / "loss_accuracy.png", title=f"{results['model']} FP32"
-        )
-    # FP32 is its own reference: acc_drop 0 in the lab's HPARAMS table.
-    log_stage(cfg, {**results, "acc_drop": 0.0}, csv_path, layer_weights(module.net))
-    results["wall_time_s"] = round(time.perf_counter() - started, 2)
-    results.update(settings_record(cfg, "fp32"))  # what a rerun must match to reuse it
-    write_json(out_dir / "results.json", results)
-    return results
+    return finish_stage(
+        cfg,
+        results,
+        started=started,
+        stage="fp32",
+        metrics_csv=metrics_csv_path(trainer),
+        curves_title=f"{results['model']} FP32",
+        weights=float_layer_weights(module.net),
+        board_extra={"acc_drop": 0.0},  # FP32 is its own reference in the HPARAMS table
+    )
