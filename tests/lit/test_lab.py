@@ -76,7 +76,7 @@ def test_lab_backends_name_the_pt2e_stages_and_rows(tmp_path: Path) -> None:
     """lab.backends=[pt2e]: the PT2E stages (<mode>_<qconfig>_pt2e) from the FP32 run, and report
     rows that say which backend made them (eager's stages keep their names: test above)."""
     overrides = [*TINY, *SHORTEST_LAB, "backend=pt2e", "backend.compile=false"]
-    overrides += ["backend.onnx=false", "lab.backends=[pt2e]"]
+    overrides += ["backend.onnx=false", "lab.backends=[pt2e]", "lab.export=true", "lab.golden=2"]
     lab_dir = tmp_path / "lab"
     run_lab(compose_config("lab", overrides, lab_dir))
     rows = json.loads((lab_dir / "report.json").read_text())["rows"]
@@ -87,3 +87,9 @@ def test_lab_backends_name_the_pt2e_stages_and_rows(tmp_path: Path) -> None:
     ]
     assert (lab_dir / "ptq_pot_pt2e" / "model_int8.pt2").is_file()
     assert "| PTQ | pt2e |" in (lab_dir / "report.md").read_text()
+    # lab.export=true exports the pt2e stages too: the integer program of the .pt2, checked
+    # code for code against the Q/DQ graph it was read from
+    for stage in ("ptq_pot_pt2e", "qat_pot_pt2e"):
+        bitexact = json.loads((lab_dir / stage / "export" / "bitexact.json").read_text())
+        assert bitexact["identical_images"] == bitexact["images"] == 400, stage
+        assert (lab_dir / stage / "export" / "golden" / "golden.npz").is_file()

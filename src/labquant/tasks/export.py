@@ -19,6 +19,7 @@ from labquant.errors import ConfigError
 from labquant.hw import reference
 from labquant.hw.golden import write_golden
 from labquant.hw.program import check_program
+from labquant.quant.backend import IntegerExporter
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json, write_json
 from labquant.reports.machine import cpu, has_vnni
@@ -54,26 +55,43 @@ def load_stage(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
 def compare(
     exported: Any, images: np.ndarray, labels: np.ndarray, rounding: str
 ) -> tuple[dict[str, Any], reference.RunResult]:
-    """bitexact.json's figures: the reference (hardware semantics) vs torch, image by image."""
+    """bitexact.json's figures: the reference (hardware semantics) vs torch's int8 model, image
+    by image and op by op, and vs each deployed runtime of the program on its logits."""
     program = exported.program
     ref = reference.run_batched(program, images, rounding, count_saturation=True, batch=BATCH)
     names = [op["output"] for op in program.ops]
     max_diff = dict.fromkeys(names, 0)
     differing = dict.fromkeys(names, 0)
-    torch_logits = []
+    torch_logits: list[np.ndarray] = []
+    runtime_logits: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), BATCH):
-        codes = exported.layer_codes(torch.from_numpy(images[start : start + BATCH]))
+        batch = torch.from_numpy(images[start : start + BATCH])
+        codes = exported.layer_codes(batch)
         for name in names:
             ours = ref.codes[name][start : start + BATCH].astype(np.int64)
             diff = np.abs(ours - codes[name].astype(np.int64))
             max_diff[name] = max(max_diff[name], int(diff.max(initial=0)))
             differing[name] += int((diff > 0).sum())
         torch_logits.append(codes[program.output])
+        for runtime, logits in exported.runtime_codes(batch).items():
+            runtime_logits.setdefault(runtime, []).append(logits)
     theirs = np.concatenate(torch_logits).astype(np.int64)
     ours = ref.logits.astype(np.int64)
     identical = (theirs == ours).all(axis=1)
     saturated = sum(ref.saturated.values())  # per image: outputs hit by a saturating pair
     clean = saturated == 0
+    runtimes = {}  # the same program in its deployed runtimes (pt2e: Inductor, ONNX Runtime)
+    for runtime, parts in runtime_logits.items():
+        deployed = np.concatenate(parts).astype(np.int64)
+        same = (deployed == ours).all(axis=1)
+        runtimes[runtime] = {
+            "identical_images": int(same.sum()),
+            "identical_images_without_saturation": int(same[clean].sum()),
+            "top1_agreement": round(
+                100.0 * float((deployed.argmax(1) == ours.argmax(1)).mean()), 3
+            ),
+            "test_acc": round(100.0 * float((deployed.argmax(1) == labels).mean()), 2),
+        }
     n = len(images)
     figures = {
         "images": n,
@@ -87,6 +105,7 @@ def compare(
         "torch_test_acc": round(100.0 * float((theirs.argmax(1) == labels).mean()), 2),
         "rounding": rounding,
         "avx2_emulation": avx2_emulation(program, images, rounding, theirs),
+        "runtimes": runtimes,
         "layers": {
             name: {
                 "max_code_diff": max_diff[name],
@@ -148,7 +167,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
     check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
     backend = instantiate(stage_cfg.backend, "backend")
-    if not hasattr(backend, "integer_export"):
+    if not isinstance(backend, IntegerExporter):
         raise ConfigError(f"backend={backend.name} has no integer export; use backend=eager")
     dm = instantiate(stage_cfg.data, "data")
     dm.prepare_data()

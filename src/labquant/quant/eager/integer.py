@@ -226,3 +226,8 @@ class IntegerExport:
         torch.backends.quantized.engine = self.engine
         names = [op["output"] for op in self.program.ops]
         return torch_layer_codes(self.module, x, names)
+
+    def runtime_codes(self, x: Tensor) -> dict[str, np.ndarray]:
+        """Other runtimes' logits codes: none (layer_codes are the int8 module TorchScript
+        runs)."""
+        return {}

@@ -1,0 +1,251 @@
+"""A converted PT2E power-of-two program (the `.pt2` a stage ships) as the integer program of
+hw/program.py, and the program's own codes per op, to measure bit-exactness against.
+
+The walk reads the Q/DQ graph as torchao's convert leaves it, op by op: every
+`quantize_per_tensor` ends one integer op, named after the module it came from
+(`nn_module_stack`), so the names are the eager export's: `quant`, `conv1`, `layer1.0.conv1`,
+`layer1.0.skip_add`, `avgpool`, `fc`.
+
+- quantize(<graph input>): the input quantization;
+- quantize([relu](conv2d | linear(dequantize(q_in), dequantize(int8 weight), dequantize(int32
+  bias)))): a conv / linear op (the bias is already on its accumulator grid);
+- quantize([relu](add(dequantize(a), dequantize(b)))): the residual add;
+- quantize(adaptive_avg_pool2d(dequantize(q), [1, 1])): the global average pool;
+- quantize(flatten(dequantize(q))) with q's qparams: nothing (linear flattens its input).
+
+Per-channel weight dequantization with one scale for every channel (how the pot quantizer
+writes them, for Inductor's lowering) is one shift; genuinely per-channel scales are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.fx import GraphModule, Interpreter, Node
+
+from labquant.errors import ConfigError
+from labquant.hw.program import IntegerProgram
+from labquant.quant.pt2e.inspect import getattr_path, module_name
+
+FIX = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
+aten = torch.ops.aten
+_decomposed = torch.ops.quantized_decomposed
+Q = _decomposed.quantize_per_tensor.default
+DQ = _decomposed.dequantize_per_tensor.default
+DQ_PER_CHANNEL = _decomposed.dequantize_per_channel.default
+CONV, LINEAR = aten.conv2d.default, aten.linear.default
+RELUS = (aten.relu.default, aten.relu_.default)
+ADDS = (aten.add.Tensor, aten.add_.Tensor)
+POOLS = (aten.adaptive_avg_pool2d.default, aten.mean.dim)
+FLATTENS = (aten.flatten.using_ints, aten.view.default, aten.reshape.default)
+
+Source = tuple[str, int, int]  # (op output name, shift, zero point) of a uint8 tensor
+
+
+def shift_of(scale: float, where: str) -> int:
+    """n for a scale 2**-n; anything else is refused (a multiplier would be needed)."""
+    n = -math.log2(scale) if scale > 0 else math.nan
+    if not math.isfinite(n) or n != round(n):
+        raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX}")
+    return round(n)
+
+
+class _Builder:
+    def __init__(self, gm: GraphModule, clamp: dict[str, Any]) -> None:
+        self.gm, self.clamp = gm, clamp
+        self.ops: list[dict[str, Any]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.sources: dict[Node, Source] = {}  # quantize node -> the op whose codes it holds
+        self.op_nodes: dict[str, Node] = {}  # op output name -> its quantize node
+
+    def const(self, node: Any) -> Any:
+        return getattr_path(self.gm, node.target) if isinstance(node, Node) else node
+
+    def source(self, dq: Any, where: str) -> Source:
+        """The op whose codes a dequantize node reads."""
+        if not (isinstance(dq, Node) and dq.target is DQ and dq.args[0] in self.sources):
+            raise ConfigError(f"{where}: an input that is not a uint8 tensor of the program")
+        return self.sources[dq.args[0]]
+
+    def emit(self, quantize: Node, op: dict[str, Any]) -> None:
+        self.ops.append(op)
+        self.sources[quantize] = (op["output"], op["out_shift"], op["out_zero_point"])
+        self.op_nodes[op["output"]] = quantize
+
+    def qparams(self, quantize: Node, name: str) -> tuple[int, int]:
+        return shift_of(float(quantize.args[1]), name), int(quantize.args[2])
+
+    def quantize_input(self, quantize: Node) -> None:
+        shift, zp = self.qparams(quantize, "quant")
+        op = {"name": "quant", "op": "quantize", "output": "quant", "out_shift": shift,
+              "out_zero_point": zp, "dtype": "uint8"}  # fmt: skip
+        self.emit(quantize, op)
+
+    def weight(self, dq: Any, name: str) -> tuple[np.ndarray, int]:
+        if not (isinstance(dq, Node) and dq.target in (DQ, DQ_PER_CHANNEL)):
+            raise ConfigError(f"{name}: its weight is not an int8 tensor of the program")
+        codes = self.const(dq.args[0])
+        scale, zero_point = self.const(dq.args[1]), self.const(dq.args[2])
+        scales = torch.as_tensor(scale, dtype=torch.float64).flatten().unique()
+        if scales.numel() != 1 or torch.as_tensor(zero_point).any():
+            raise ConfigError(f"{name} has per-channel weight scales; {FIX}")
+        return codes.detach().cpu().numpy().astype(np.int8), shift_of(float(scales[0]), name)
+
+    def bias(self, node: Any, name: str, grid_shift: int, channels: int) -> np.ndarray:
+        """The int32 bias on the accumulator grid 2**-(in_shift + weight_shift)."""
+        if node is None:
+            return np.zeros(channels, dtype=np.int32)
+        if isinstance(node, Node) and node.target is DQ:
+            if shift_of(float(node.args[1]), f"{name}.bias") != grid_shift:
+                raise ConfigError(f"{name}: its int32 bias is not on the accumulator grid")
+            return self.const(node.args[0]).detach().cpu().numpy().astype(np.int32)
+        value = self.const(node).detach().double() * 2.0**grid_shift  # a float bias: snap it
+        rounded = torch.round(value)
+        if rounded.abs().max() >= 2**31:
+            raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
+        return rounded.numpy().astype(np.int32)
+
+    def matmul(self, quantize: Node, node: Node, relu: bool) -> None:
+        name = module_name(node) or node.name
+        conv = node.target is CONV
+        in_name, in_shift, in_zp = self.source(node.args[0], name)
+        weight, w_shift = self.weight(node.args[1], name)
+        out_shift, out_zp = self.qparams(quantize, name)
+        bias = self.bias(node.args[2] if len(node.args) > 2 else None, name,
+                         in_shift + w_shift, weight.shape[0])  # fmt: skip
+        self.arrays[f"{name}.weight"] = weight
+        self.arrays[f"{name}.bias"] = bias
+        shift = in_shift + w_shift - out_shift
+        op: dict[str, Any] = {
+            "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
+            "weight": f"{name}.weight", "bias": f"{name}.bias",
+            "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
+            "weight_zero_point": 0, "out_shift": out_shift, "out_zero_point": out_zp,
+            "shift": shift, "left_shift": shift < 0, "relu": relu,
+            "clamp": self.clamp.get(name),
+        }  # fmt: skip
+        if conv:
+            stride, padding, dilation, groups = (list(node.args[3:7]) + [None] * 4)[:4]
+            if (groups or 1) != 1 or list(dilation or [1, 1]) != [1, 1]:
+                raise ConfigError(f"{name}: grouped or dilated convolutions are not supported")
+            op["stride"] = [int(s) for s in (stride or [1, 1])]
+            op["padding"] = [int(p) for p in (padding or [0, 0])]
+        self.emit(quantize, op)
+
+    def add(self, quantize: Node, node: Node, relu: bool) -> None:
+        block = module_name(node)
+        name = f"{block}.skip_add" if block else node.name
+        a, b = (self.source(arg, name) for arg in node.args[:2])
+        out_shift, out_zp = self.qparams(quantize, name)
+        finest = max(a[1], b[1])
+        shift = finest - out_shift
+        self.emit(quantize, {
+            "name": name, "op": "add", "inputs": [a[0], b[0]], "output": name,
+            "in_shifts": [a[1], b[1]], "in_zero_points": [a[2], b[2]],
+            "align": [finest - a[1], finest - b[1]], "out_shift": out_shift,
+            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0, "relu": relu,
+            "clamp": self.clamp.get(name),
+        })  # fmt: skip
+
+    def avgpool(self, quantize: Node, node: Node) -> None:
+        name = module_name(node) or "avgpool"
+        in_name, shift, zp = self.source(node.args[0], name)
+        if self.qparams(quantize, name) != (shift, zp):
+            raise ConfigError(f"{name}: the pooled output is requantized (other qparams)")
+        value = node.args[0].meta.get("val")
+        if value is None:
+            raise ConfigError(f"{name}: the program does not record its input shape")
+        window = int(value.shape[-1]) * int(value.shape[-2])
+        power = window & (window - 1) == 0
+        self.emit(quantize, {
+            "name": name, "op": "avgpool", "input": in_name, "output": name,
+            "in_shift": shift, "in_zero_point": zp, "out_shift": shift, "out_zero_point": zp,
+            "window": window, "window_is_power_of_two": power,
+            "window_shift": int(math.log2(window)) if power else None,
+        })  # fmt: skip
+
+    def visit(self, quantize: Node) -> None:
+        node = quantize.args[0]
+        if node.op == "placeholder":
+            return self.quantize_input(quantize)
+        relu = node.target in RELUS
+        inner = node.args[0] if relu else node
+        if inner.target in (CONV, LINEAR):
+            return self.matmul(quantize, inner, relu)
+        if inner.target in ADDS:
+            return self.add(quantize, inner, relu)
+        if not relu and node.target in POOLS:
+            return self.avgpool(quantize, node)
+        if not relu and node.target in FLATTENS:
+            source = self.source(node.args[0], node.name)
+            if self.qparams(quantize, node.name) != source[1:]:
+                raise ConfigError(f"{node.name}: a reshape that requantizes")
+            self.sources[quantize] = source  # the same codes, another shape
+            return None
+        raise ConfigError(f"{module_name(node) or node.name}: {node.target} is not supported")
+
+
+def integer_program(
+    gm: GraphModule, clamp: dict[str, Any] | None = None
+) -> tuple[IntegerProgram, dict[str, Node]]:
+    """The integer program of a converted (unlifted) PT2E graph, and each op's quantize node."""
+    build = _Builder(gm, clamp or {})
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is Q:
+            build.visit(node)
+    if not build.ops or build.ops[-1]["op"] != "linear":
+        raise ConfigError(f"the program does not end in a quantized linear layer; {FIX}")
+    return IntegerProgram(build.ops, build.arrays), build.op_nodes
+
+
+class _Codes(Interpreter):
+    """Runs the Q/DQ graph as it is and keeps the uint8 codes of the named quantize nodes."""
+
+    def __init__(self, gm: GraphModule, wanted: dict[Node, str]) -> None:
+        super().__init__(gm)
+        self.wanted, self.codes = wanted, {}
+
+    def run_node(self, n: Node) -> Any:
+        out = super().run_node(n)
+        if n in self.wanted:
+            self.codes[self.wanted[n]] = out.detach().cpu().numpy().copy()
+        return out
+
+
+class PT2EIntegerExport:
+    """A stage's converted program, its integer program, and its own codes per op: the Q/DQ
+    graph run as it is (dequantize, float op, quantize), and each runtime's logits codes."""
+
+    engine = "pt2e Q/DQ graph"
+
+    def __init__(self, gm: GraphModule, program: IntegerProgram, nodes: dict[str, Node],
+                 runtimes: dict[str, Any]) -> None:  # fmt: skip
+        self.gm, self.program, self.nodes, self.runtimes = gm, program, nodes, runtimes
+
+    @torch.inference_mode()
+    def layer_codes(self, x: Tensor) -> dict[str, np.ndarray]:
+        run = _Codes(self.gm, {node: name for name, node in self.nodes.items()})
+        run.run(x.detach().cpu())
+        return run.codes
+
+    def runtime_codes(self, x: Tensor) -> dict[str, np.ndarray]:
+        """Each runtime's logits as uint8 codes (its float output is a dequantized uint8)."""
+        last = self.program.ops[-1]
+        scale, zero_point = 2.0 ** -last["out_shift"], last["out_zero_point"]
+        codes = {}
+        for name, run in self.runtimes.items():
+            with torch.inference_mode():
+                logits = run(x).detach().cpu().double()
+            codes[name] = (torch.round(logits / scale) + zero_point).clamp(0, 255).numpy()
+        return codes
+
+
+def integer_export(module: nn.Module, clamp: dict[str, Any], runtimes: dict[str, Any]):
+    if not isinstance(module, GraphModule):
+        raise ConfigError(f"the stage's int8 file holds no graph; {FIX}")
+    program, nodes = integer_program(module, clamp)
+    return PT2EIntegerExport(module, program, nodes, runtimes)
