@@ -16,6 +16,7 @@ from labquant.config.paths import CONF_DIR
 from labquant.config.resolvers import register_resolvers
 from labquant.config.schema import validate_settings
 from labquant.errors import ConfigError
+from tests.conftest import TINY, compose_config
 
 Compose = Callable[..., DictConfig]
 
@@ -284,3 +285,30 @@ def test_instantiate_names_a_target_that_cannot_be_imported() -> None:
         "backend=labquant_no_such_module.build: cannot import it (No module named "
         "'labquant_no_such_module'); check the backend.* settings"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["backend=pt2e", "backend.compile=abc"],
+            "backend.compile=abc is not true or false; e.g. backend.compile=true",
+        ),
+        (
+            ["backend=pt2e", "+backend.nope=1"],
+            "backend.nope=1 is not a setting of labquant.quant.pt2e.backend.PT2EBackend; "
+            "choose one of compile, onnx",
+        ),
+        (
+            ["backend=eager", "+backend.compile=true"],
+            "backend.compile=true is not a setting of labquant.quant.eager.EagerBackend",
+        ),
+    ],
+)
+def test_backend_settings_are_the_backend_classes_own(tmp_path, overrides, message) -> None:
+    """conf/backend/pt2e.yaml's compile / onnx are PT2EBackend's arguments: the schema names no
+    backend's settings, the class declares them (types and defaults) and is checked."""
+    cfg = compose_config("quantize", [*TINY, *overrides], tmp_path)
+    with pytest.raises(ConfigError) as error:
+        validate_settings(cfg)
+    assert str(error.value).startswith(message)

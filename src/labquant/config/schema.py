@@ -15,9 +15,12 @@ absent (None); an explicit `null` is checked like any other value.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import (
@@ -209,9 +212,38 @@ class QConfig(Settings):
 
 
 class Backend(Settings):
-    name: str = setting("eager")
-    compile: bool = setting(True)  # pt2e: run the int8 program through Inductor
-    onnx: bool = setting(True)  # pt2e: also write model_int8.onnx (with the [export] extra)
+    """A backend's settings are its constructor's arguments, declared with their types and
+    defaults by each backend class itself (quant/<name>/backend.py), so a new backend declares
+    its own and this schema names none of them. Checked against the class `_target_` names
+    (imported by its dotted name: config/ imports nothing of quant/)."""
+
+    @model_validator(mode="after")
+    def _arguments_of_the_target(self) -> Backend:
+        target = (self.model_extra or {}).get("_target_")
+        if not isinstance(target, str):
+            return self
+        try:
+            init = get_object(target).__init__
+            hints = {k: v for k, v in typing.get_type_hints(init).items() if k != "return"}
+            defaults = {name: p.default for name, p in inspect.signature(init).parameters.items()}
+        except Exception:  # an unimportable target fails in instantiate, with its own line
+            return self
+        for key, value in (self.model_extra or {}).items():
+            if key.startswith("_"):
+                continue
+            if key not in hints:
+                raise cross_field_error(
+                    key, f"is not a setting of {target}", f"choose one of {', '.join(hints)}"
+                )
+            example = defaults.get(key)
+            try:
+                TypeAdapter(hints[key], config=ConfigDict(strict=True)).validate_python(value)
+            except ValidationError as error:
+                reason = _reason(error.errors()[0])
+                raise cross_field_error(
+                    key, reason, f"e.g. {{group}}{key}={format_value(example)}"
+                ) from None
+        return self
 
 
 class Lab(Settings):
