@@ -43,8 +43,8 @@ Runner = Callable[[Tensor], Tensor]
 
 
 def backend_for(name: str, compile: bool, onnx: bool) -> QuantBackend:
-    """conf/backend/<name>.yaml, with the bench's `compile` / `onnx` switches applied to the
-    backends that take them (pt2e)."""
+    """conf/backend/<name>.yaml, with the bench's `compile` / `onnx` switches merged into the
+    backends whose YAML declares those settings (the bench names no backend)."""
     option = load_group_option("backend", name, "inference.backends")
     switches = {
         key: value for key, value in (("compile", compile), ("onnx", onnx)) if key in option
