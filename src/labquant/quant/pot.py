@@ -9,12 +9,14 @@ backends give the same scale and zero point for the same statistics.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from labquant.config.schema import check_max_shift_amount
+from labquant.errors import ConfigError
 
 UNSIGNED_DTYPES = (torch.quint8, torch.uint8)
 
@@ -128,3 +130,24 @@ def snap_correction(bias: Tensor, grid: Tensor) -> Tensor:
     convert's snap does), detached: added to a QAT forward it fake-quantizes the bias with a
     straight-through gradient (both backends' QAT bias fake-quant)."""
     return (torch.round(bias / grid) * grid - bias).detach()
+
+
+FIX_EXPORT = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
+
+
+def shift_of(scale: float, where: str) -> int:
+    """n for a scale 2**-n (the integer export's shifts); anything else is refused: its
+    requantization would need a multiplier."""
+    n = -math.log2(scale) if scale > 0 else math.nan
+    if not math.isfinite(n) or n != round(n):
+        raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX_EXPORT}")
+    return round(n)
+
+
+def require_power_of_two(qconfig: Any) -> None:
+    """The integer export is of power-of-two stages only (both backends)."""
+    if not qconfig.power_of_two:
+        raise ConfigError(
+            f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
+            f"a multiplier, not a shift; {FIX_EXPORT}"
+        )

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.errors import ConfigError
 from labquant.quant.backend import check_mode
 from labquant.quant.eager import bias_quant, inspect, integer, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
+from labquant.quant.pot import require_power_of_two
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic, write_torch
 
@@ -138,11 +138,7 @@ class EagerBackend:
         way (the module structure is the same after PTQ and QAT), then the saved int8 state dict
         (weights_only=True) gives it the stage's weights, biases and scales.
         """
-        if not qconfig.power_of_two:
-            raise ConfigError(
-                f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
-                f"a multiplier, not a shift; {integer.FIX}"
-            )
+        require_power_of_two(qconfig)
         engine = saved.get("int8_engine") or engine_for(qconfig)
         workflow.set_engine(engine)
         prepared = workflow.prepare_ptq(net, eager_qconfig(qconfig, qat=False))

@@ -20,17 +20,9 @@ from torch import Tensor, nn
 
 from labquant.errors import ConfigError
 from labquant.hw.program import IntegerProgram
+from labquant.quant.pot import FIX_EXPORT, shift_of
 
-FIX = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
 _QUANTIZED_MATMUL = (nnq.Conv2d, nnq.Linear)
-
-
-def shift_of(scale: float, where: str) -> int:
-    """n for a scale 2**-n; anything else is refused (a multiplier would be needed)."""
-    n = -math.log2(scale) if scale > 0 else math.nan
-    if not math.isfinite(n) or n != round(n):
-        raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX}")
-    return round(n)
 
 
 class _Builder:
@@ -51,7 +43,7 @@ class _Builder:
             raise ConfigError(f"{name} is {type(module).__name__}, not a quantized conv/linear")
         weight = module.weight()
         if weight.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-            raise ConfigError(f"{name} has per-channel weights; {FIX}")
+            raise ConfigError(f"{name} has per-channel weights; {FIX_EXPORT}")
         w_shift = shift_of(weight.q_scale(), f"{name}.weight")
         in_name, in_shift, in_zp = source
         out_shift = shift_of(float(module.scale), name)

@@ -28,6 +28,7 @@ from labquant import onnx_runtime
 from labquant.errors import ConfigError
 from labquant.onnx_runtime import OnnxRuntimeModel
 from labquant.quant.backend import check_mode
+from labquant.quant.pot import require_power_of_two
 from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
@@ -201,11 +202,7 @@ class PT2EBackend:
         own codes per op and its runtimes' logits (Inductor when `compile`, ONNX Runtime on the
         `.onnx` file when there is one) to measure the reference against. `net` and
         `image_hw` are not needed: the program holds its weights and shapes."""
-        if not qconfig.power_of_two:
-            raise ConfigError(
-                f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
-                f"a multiplier, not a shift; {integer.FIX}"
-            )
+        require_power_of_two(qconfig)
         program = load_pt2(folder / saved.get("int8_pt2", INT8_PT2))
         runtimes: dict[str, Any] = {}
         if self.compile:

@@ -164,7 +164,9 @@ def clamp_hits(prepared: nn.Module) -> dict[str, dict[str, str | None]]:
     return hits
 
 
-class _Recorder(Interpreter):
+class Recorder(Interpreter):
+    """Runs a graph as it is and keeps the outputs of the wanted nodes, by name."""
+
     def __init__(self, gm: GraphModule, wanted: dict[Node, str]) -> None:
         super().__init__(gm)
         self.wanted, self.values = wanted, {}
@@ -226,7 +228,7 @@ def layer_table(
             "weight_scale": weight_scale,
             "clamp": clamps.get(name, {"activation": None, "weight": None}),
         })  # fmt: skip
-    recorder = _Recorder(gm, outputs)
+    recorder = Recorder(gm, outputs)
     with torch.inference_mode():
         recorder.run(batch.cpu())
     reference = _fp32_outputs(fp32_net, [row["name"] for row in rows], batch.cpu())

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 
 from labquant.errors import ConfigError
 from labquant.hw.program import IntegerProgram
-from labquant.quant.pt2e.inspect import getattr_path, module_name
+from labquant.quant.pot import FIX_EXPORT, shift_of
+from labquant.quant.pt2e.inspect import Recorder, getattr_path, module_name
 
-FIX = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
 aten = torch.ops.aten
 _decomposed = torch.ops.quantized_decomposed
 Q = _decomposed.quantize_per_tensor.default
@@ -44,14 +44,6 @@ POOLS = (aten.adaptive_avg_pool2d.default, aten.mean.dim)
 FLATTENS = (aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 
 Source = tuple[str, int, int]  # (op output name, shift, zero point) of a uint8 tensor
-
-
-def shift_of(scale: float, where: str) -> int:
-    """n for a scale 2**-n; anything else is refused (a multiplier would be needed)."""
-    n = -math.log2(scale) if scale > 0 else math.nan
-    if not math.isfinite(n) or n != round(n):
-        raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX}")
-    return round(n)
 
 
 class _Builder:
@@ -92,7 +84,7 @@ class _Builder:
         scale, zero_point = self.const(dq.args[1]), self.const(dq.args[2])
         scales = torch.as_tensor(scale, dtype=torch.float64).flatten().unique()
         if scales.numel() != 1 or torch.as_tensor(zero_point).any():
-            raise ConfigError(f"{name} has per-channel weight scales; {FIX}")
+            raise ConfigError(f"{name} has per-channel weight scales; {FIX_EXPORT}")
         return codes.detach().cpu().numpy().astype(np.int8), shift_of(float(scales[0]), name)
 
     def bias(self, node: Any, name: str, grid_shift: int, channels: int) -> np.ndarray:
@@ -198,22 +190,8 @@ def integer_program(
         if node.op == "call_function" and node.target is Q:
             build.visit(node)
     if not build.ops or build.ops[-1]["op"] != "linear":
-        raise ConfigError(f"the program does not end in a quantized linear layer; {FIX}")
+        raise ConfigError(f"the program does not end in a quantized linear layer; {FIX_EXPORT}")
     return IntegerProgram(build.ops, build.arrays), build.op_nodes
-
-
-class _Codes(Interpreter):
-    """Runs the Q/DQ graph as it is and keeps the uint8 codes of the named quantize nodes."""
-
-    def __init__(self, gm: GraphModule, wanted: dict[Node, str]) -> None:
-        super().__init__(gm)
-        self.wanted, self.codes = wanted, {}
-
-    def run_node(self, n: Node) -> Any:
-        out = super().run_node(n)
-        if n in self.wanted:
-            self.codes[self.wanted[n]] = out.detach().cpu().numpy().copy()
-        return out
 
 
 class PT2EIntegerExport:
@@ -228,9 +206,9 @@ class PT2EIntegerExport:
 
     @torch.inference_mode()
     def layer_codes(self, x: Tensor) -> dict[str, np.ndarray]:
-        run = _Codes(self.gm, {node: name for name, node in self.nodes.items()})
+        run = Recorder(self.gm, {node: name for name, node in self.nodes.items()})
         run.run(x.detach().cpu())
-        return run.codes
+        return {name: codes.cpu().numpy() for name, codes in run.values.items()}
 
     def runtime_codes(self, x: Tensor) -> dict[str, np.ndarray]:
         """Each runtime's logits as uint8 codes (its float output is a dequantized uint8)."""
@@ -246,6 +224,6 @@ class PT2EIntegerExport:
 
 def integer_export(module: nn.Module, clamp: dict[str, Any], runtimes: dict[str, Any]):
     if not isinstance(module, GraphModule):
-        raise ConfigError(f"the stage's int8 file holds no graph; {FIX}")
+        raise ConfigError(f"the stage's int8 file holds no graph; {FIX_EXPORT}")
     program, nodes = integer_program(module, clamp)
     return PT2EIntegerExport(module, program, nodes, runtimes)
