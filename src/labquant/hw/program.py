@@ -26,6 +26,7 @@ Every scale is `2**-shift` with an integer `shift`; activations are uint8 codes,
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,32 @@ def check_program(program: IntegerProgram) -> list[str]:
             ):
                 problems.append(f"{op['name']}.{key} does not fit {np.dtype(dtype).name}")
     return problems
+
+
+Codes = tuple[str, int, int]  # (op output name, shift, zero point) of a uint8 tensor
+
+
+def add_op(name: str, a: Codes, b: Codes, out: tuple[int, int], relu: bool, clamp: Any) -> dict:
+    """The residual add: both operands aligned to the finer grid, one rounding shift."""
+    out_shift, out_zp = out
+    finest = max(a[1], b[1])
+    shift = finest - out_shift
+    return {
+        "name": name, "op": "add", "inputs": [a[0], b[0]], "output": name,
+        "in_shifts": [a[1], b[1]], "in_zero_points": [a[2], b[2]],
+        "align": [finest - a[1], finest - b[1]], "out_shift": out_shift,
+        "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0, "relu": relu,
+        "clamp": clamp,
+    }  # fmt: skip
+
+
+def avgpool_op(name: str, source: Codes, window: int) -> dict:
+    """The global average pool: a sum and a shift by log2(window) (else a flagged divide)."""
+    in_name, shift, zp = source
+    power = window & (window - 1) == 0
+    return {
+        "name": name, "op": "avgpool", "input": in_name, "output": name,
+        "in_shift": shift, "in_zero_point": zp, "out_shift": shift, "out_zero_point": zp,
+        "window": window, "window_is_power_of_two": power,
+        "window_shift": int(math.log2(window)) if power else None,
+    }  # fmt: skip

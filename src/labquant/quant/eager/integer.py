@@ -7,7 +7,6 @@ global avgpool -> fc), duck-typed: quant/ does not import models/.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +18,7 @@ import torch.ao.nn.quantized as nnq
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
-from labquant.hw.program import IntegerProgram
+from labquant.hw.program import IntegerProgram, add_op, avgpool_op
 from labquant.quant.pot import FIX_EXPORT, shift_of
 
 _QUANTIZED_MATMUL = (nnq.Conv2d, nnq.Linear)
@@ -76,29 +75,13 @@ class _Builder:
         return name, out_shift, out_zp
 
     def add(self, name: str, module: nn.Module, a: tuple, b: tuple, relu: bool) -> tuple:
-        out_shift = shift_of(float(module.scale), name)
-        out_zp = int(module.zero_point)
-        finest = max(a[1], b[1])
-        shift = finest - out_shift
-        self.ops.append({
-            "name": name, "op": "add", "inputs": [a[0], b[0]], "output": name,
-            "in_shifts": [a[1], b[1]], "in_zero_points": [a[2], b[2]],
-            "align": [finest - a[1], finest - b[1]], "out_shift": out_shift,
-            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0, "relu": relu,
-            "clamp": self.clamp.get(name),
-        })  # fmt: skip
-        return name, out_shift, out_zp
+        out = shift_of(float(module.scale), name), int(module.zero_point)
+        self.ops.append(add_op(name, a, b, out, relu, self.clamp.get(name)))
+        return name, *out
 
     def avgpool(self, name: str, source: tuple, window: int) -> tuple:
-        in_name, shift, zp = source
-        power = window & (window - 1) == 0
-        self.ops.append({
-            "name": name, "op": "avgpool", "input": in_name, "output": name,
-            "in_shift": shift, "in_zero_point": zp, "out_shift": shift, "out_zero_point": zp,
-            "window": window, "window_is_power_of_two": power,
-            "window_shift": int(math.log2(window)) if power else None,
-        })  # fmt: skip
-        return name, shift, zp
+        self.ops.append(avgpool_op(name, source, window))
+        return name, source[1], source[2]
 
 
 def integer_program(int8: nn.Module, input_hw: tuple[int, int], clamp: dict | None = None):

@@ -19,7 +19,6 @@ writes them, for Inductor's lowering) is one shift; genuinely per-channel scales
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
 from labquant.errors import ConfigError
-from labquant.hw.program import IntegerProgram
+from labquant.hw.program import Codes, IntegerProgram, add_op, avgpool_op
 from labquant.quant.pot import FIX_EXPORT, shift_of
 from labquant.quant.pt2e.inspect import Recorder, getattr_path, module_name
 
@@ -43,21 +42,19 @@ ADDS = (aten.add.Tensor, aten.add_.Tensor)
 POOLS = (aten.adaptive_avg_pool2d.default, aten.mean.dim)
 FLATTENS = (aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 
-Source = tuple[str, int, int]  # (op output name, shift, zero point) of a uint8 tensor
-
 
 class _Builder:
     def __init__(self, gm: GraphModule, clamp: dict[str, Any]) -> None:
         self.gm, self.clamp = gm, clamp
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
-        self.sources: dict[Node, Source] = {}  # quantize node -> the op whose codes it holds
+        self.sources: dict[Node, Codes] = {}  # quantize node -> the op whose codes it holds
         self.op_nodes: dict[str, Node] = {}  # op output name -> its quantize node
 
     def const(self, node: Any) -> Any:
         return getattr_path(self.gm, node.target) if isinstance(node, Node) else node
 
-    def source(self, dq: Any, where: str) -> Source:
+    def source(self, dq: Any, where: str) -> Codes:
         """The op whose codes a dequantize node reads."""
         if not (isinstance(dq, Node) and dq.target is DQ and dq.args[0] in self.sources):
             raise ConfigError(f"{where}: an input that is not a uint8 tensor of the program")
@@ -132,33 +129,19 @@ class _Builder:
         block = module_name(node)
         name = f"{block}.skip_add" if block else node.name
         a, b = (self.source(arg, name) for arg in node.args[:2])
-        out_shift, out_zp = self.qparams(quantize, name)
-        finest = max(a[1], b[1])
-        shift = finest - out_shift
-        self.emit(quantize, {
-            "name": name, "op": "add", "inputs": [a[0], b[0]], "output": name,
-            "in_shifts": [a[1], b[1]], "in_zero_points": [a[2], b[2]],
-            "align": [finest - a[1], finest - b[1]], "out_shift": out_shift,
-            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0, "relu": relu,
-            "clamp": self.clamp.get(name),
-        })  # fmt: skip
+        out = self.qparams(quantize, name)
+        self.emit(quantize, add_op(name, a, b, out, relu, self.clamp.get(name)))
 
     def avgpool(self, quantize: Node, node: Node) -> None:
         name = module_name(node) or "avgpool"
-        in_name, shift, zp = self.source(node.args[0], name)
-        if self.qparams(quantize, name) != (shift, zp):
+        source = self.source(node.args[0], name)
+        if self.qparams(quantize, name) != source[1:]:
             raise ConfigError(f"{name}: the pooled output is requantized (other qparams)")
         value = node.args[0].meta.get("val")
         if value is None:
             raise ConfigError(f"{name}: the program does not record its input shape")
         window = int(value.shape[-1]) * int(value.shape[-2])
-        power = window & (window - 1) == 0
-        self.emit(quantize, {
-            "name": name, "op": "avgpool", "input": in_name, "output": name,
-            "in_shift": shift, "in_zero_point": zp, "out_shift": shift, "out_zero_point": zp,
-            "window": window, "window_is_power_of_two": power,
-            "window_shift": int(math.log2(window)) if power else None,
-        })  # fmt: skip
+        self.emit(quantize, avgpool_op(name, source, window))
 
     def visit(self, quantize: Node) -> None:
         node = quantize.args[0]
