@@ -96,6 +96,40 @@ ERRORS = [
         "qconfig.max_shift_amount=40 must be an integer in 0..31 (the shift of a power-of-two "
         "scale 2**-n); e.g. qconfig.max_shift_amount=8",
     ),
+    # the power-of-two design space: its factory's declared types and ranges (quant/pot.py)
+    (
+        "quantize",
+        ["qconfig.weight_bits=9"],
+        "qconfig.weight_bits=9 must be an integer in 2..8 (code width); e.g. qconfig.weight_bits=8",
+    ),
+    (
+        "lab",
+        ["qconfig=pot_w4a8", "qconfig.activation_bits=1"],
+        "qconfig.activation_bits=1 must be an integer in 2..8 (code width); "
+        "e.g. qconfig.activation_bits=8",
+    ),
+    (
+        "quantize",
+        ["qconfig.range=kl"],
+        "qconfig.range=kl must be minmax, percentile or mse; e.g. qconfig.range=minmax",
+    ),
+    (
+        "quantize",
+        ["qconfig.percentile=150"],
+        "qconfig.percentile=150 must be a percentile in (0, 100]; e.g. qconfig.percentile=99.99",
+    ),
+    (
+        "quantize",
+        ["qconfig.exponent=nearest"],
+        "qconfig.exponent=nearest must be round, floor or ceil; e.g. qconfig.exponent=round",
+    ),
+    (
+        "quantize",
+        ["qconfig=x86", "+qconfig.granularity=per_channel"],
+        "qconfig.granularity=per_channel is not a setting of qconfig=x86; it applies to "
+        "power-of-two qconfigs only (qconfig=x86 uses its engine's own observers): choose one, "
+        "e.g. qconfig=pot_w4a8_pc, or leave it unset",
+    ),
     # a wrong type: a string, a bool or a float where an integer is wanted, a string for a number
     (
         "train",
@@ -149,7 +183,8 @@ ERRORS = [
     (
         "lab",
         ["lab.qconfigs=[pot,pott]"],
-        "lab.qconfigs=[pot,pott] item pott is not one of fbgemm, pot, pot_unsigned, qnnpack, x86; "
+        "lab.qconfigs=[pot,pott] item pott is not one of fbgemm, pot, pot_mse, pot_unsigned, "
+        "pot_w4a4, pot_w4a8, pot_w4a8_pc, qnnpack, x86; "
         "e.g. lab.qconfigs=[pot]",
     ),
     # across fields, and an interpolated value blamed on the setting it copies

@@ -73,23 +73,35 @@ def test_report_names_the_cpu_and_its_isa_beside_the_speed_figures(lab_dir: Path
 
 
 def test_lab_backends_name_the_pt2e_stages_and_rows(tmp_path: Path) -> None:
-    """lab.backends=[pt2e]: the PT2E stages (<mode>_<qconfig>_pt2e) from the FP32 run, and report
-    rows that say which backend made them (eager's stages keep their names: test above)."""
+    """lab.backends=[pt2e] with a low-width preset: the PT2E stages (<mode>_<qconfig>_pt2e) from
+    the FP32 run, report rows that say which backend made them (eager's stages keep their
+    names: test above), and an integer export exact at W4A4 with per-channel shifts."""
     overrides = [*TINY, *SHORTEST_LAB, "backend=pt2e", "backend.compile=false"]
     overrides += ["backend.onnx=false", "lab.backends=[pt2e]", "lab.export=true", "lab.golden=2"]
+    overrides += ["lab.qconfigs=[pot_w4a4]"]
     lab_dir = tmp_path / "lab"
     run_lab(compose_config("lab", overrides, lab_dir))
     rows = json.loads((lab_dir / "report.json").read_text())["rows"]
     assert [(r["dir"], r["backend"]) for r in rows] == [
         ("fp32", None),
-        ("ptq_pot_pt2e", "pt2e"),
-        ("qat_pot_pt2e", "pt2e"),
+        ("ptq_pot_w4a4_pt2e", "pt2e"),
+        ("qat_pot_w4a4_pt2e", "pt2e"),
     ]
-    assert (lab_dir / "ptq_pot_pt2e" / "model_int8.pt2").is_file()
-    assert "| PTQ | pt2e |" in (lab_dir / "report.md").read_text()
+    assert (lab_dir / "ptq_pot_w4a4_pt2e" / "model_int8.pt2").is_file()
+    report = (lab_dir / "report.md").read_text()
+    assert "| PTQ | pt2e |" in report and "| W4pc/A4 |" in report
     # lab.export=true exports the pt2e stages too: the integer program of the .pt2, checked
     # code for code against the Q/DQ graph it was read from
-    for stage in ("ptq_pot_pt2e", "qat_pot_pt2e"):
+    for stage in ("ptq_pot_w4a4_pt2e", "qat_pot_w4a4_pt2e"):
+        results = json.loads((lab_dir / stage / "results.json").read_text())
+        assert (results["weight_bits"], results["activation_bits"]) == (4, 4)
+        assert (results["granularity"], results["range"]) == ("per_channel", "mse")
+        assert 0 < results["packed_size_mib"] < results["size_mib"]
+        for layer in results["layers"]:
+            assert layer["bits"] == {"weight": 4, "activation": 4}, layer["name"]
+            assert 0 <= layer["clip_fraction"] <= 1 and "weight_sqnr_db" in layer
         bitexact = json.loads((lab_dir / stage / "export" / "bitexact.json").read_text())
         assert bitexact["identical_images"] == bitexact["images"] == 400, stage
+        summary = json.loads((lab_dir / stage / "export" / "integer_model.json").read_text())
+        assert summary["shifts"]["per_channel_shift_ops"], stage
         assert (lab_dir / stage / "export" / "golden" / "golden.npz").is_file()

@@ -1,4 +1,4 @@
-"""scale_approximate / clamp_status / CusQuantObserver on plain tensors."""
+"""scale_approximate / clamp_status / EagerPotObserver on plain tensors."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch.ao.quantization import FakeQuantize
 
 from labquant.errors import ConfigError
 from labquant.quant.eager.observers import (
-    CusQuantObserver,
-    PotFakeQuantize,
+    EagerPotFakeQuantize,
+    EagerPotObserver,
     clamp_status,
     scale_approximate,
 )
@@ -72,7 +72,7 @@ def test_bad_max_shift_amount_is_a_config_error(bad):
     with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount"):
         scale_approximate(torch.tensor([0.1]), bad)
     with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount"):
-        CusQuantObserver(max_shift_amount=bad)
+        EagerPotObserver(max_shift_amount=bad)
 
 
 def test_clamp_status_names_the_side_that_was_clamped():
@@ -88,11 +88,11 @@ def test_clamp_status_names_the_side_that_was_clamped():
     assert clamp_status(torch.tensor([0.0009, 3.0]), 8) == "overflow"
 
 
-# ---------------------------------------------------------------- CusQuantObserver
+# ---------------------------------------------------------------- EagerPotObserver
 
 
-def observe(x: torch.Tensor, **kwargs) -> tuple[CusQuantObserver, torch.Tensor, torch.Tensor]:
-    obs = CusQuantObserver(**kwargs)
+def observe(x: torch.Tensor, **kwargs) -> tuple[EagerPotObserver, torch.Tensor, torch.Tensor]:
+    obs = EagerPotObserver(**kwargs)
     obs(x)
     scale, zero_point = obs.calculate_qparams()
     return obs, scale, zero_point
@@ -153,7 +153,7 @@ def test_observer_degenerate_statistics_give_finite_scales(x, dtype):
 
 
 def test_observer_without_data_and_nan_batch_do_not_poison_the_range():
-    obs = CusQuantObserver()
+    obs = EagerPotObserver()
     assert obs.calculate_qparams()[0].item() == 1.0  # nothing seen yet
     obs(torch.full((4,), float("nan")))
     obs(torch.tensor([-0.3, 0.3]))
@@ -163,16 +163,16 @@ def test_observer_without_data_and_nan_batch_do_not_poison_the_range():
 
 def test_observer_rejects_asymmetric_or_unsupported_settings():
     with pytest.raises(ConfigError, match="per_tensor_symmetric"):
-        CusQuantObserver(qscheme=torch.per_tensor_affine)
+        EagerPotObserver(qscheme=torch.per_tensor_affine)
     with pytest.raises(ConfigError, match="dtype"):
-        CusQuantObserver(dtype=torch.qint32)
+        EagerPotObserver(dtype=torch.qint32)
 
 
 def test_clamp_flags_travel_with_state_dict_pickle_and_deepcopy():
     obs, _, _ = observe(torch.tensor([-500.0, 500.0]), max_shift_amount=5)
     state = obs.state_dict()
     assert {"clamp_overflow", "clamp_underflow", "min_val", "max_val"} <= set(state)
-    fresh = CusQuantObserver(max_shift_amount=5)
+    fresh = EagerPotObserver(max_shift_amount=5)
     fresh.load_state_dict(state)
     clones = [fresh, copy.deepcopy(obs), pickle.loads(pickle.dumps(obs))]
     for clone in clones:
@@ -185,11 +185,11 @@ def test_clamp_flags_travel_with_state_dict_pickle_and_deepcopy():
     ("dtype", "qmin", "qmax", "zero_point"),
     [(torch.quint8, 0, 255, 128), (torch.qint8, -128, 127, 0)],
 )
-@pytest.mark.parametrize("fake_quant", [FakeQuantize, PotFakeQuantize])
+@pytest.mark.parametrize("fake_quant", [FakeQuantize, EagerPotFakeQuantize])
 def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point, fake_quant):
     """FakeQuantize forwards max_shift_amount to the observer and trains on its scale."""
     factory = fake_quant.with_args(
-        observer=CusQuantObserver,
+        observer=EagerPotObserver,
         quant_min=qmin,
         quant_max=qmax,
         dtype=dtype,
@@ -197,7 +197,7 @@ def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point, fake_quant):
         max_shift_amount=3,
     )
     fq = factory()
-    assert isinstance(fq.activation_post_process, CusQuantObserver)
+    assert isinstance(fq.activation_post_process, EagerPotObserver)
     assert fq.activation_post_process.max_shift_amount == 3
     x = torch.randn(256) * 0.01  # raw scale ~2**-12: clamped to 2**-3
     y = fq(x)
@@ -211,9 +211,9 @@ def test_works_inside_fake_quantize(dtype, qmin, qmax, zero_point, fake_quant):
         assert clone.activation_post_process.clamp_status == "underflow"
 
 
-def pot_fake_quant() -> PotFakeQuantize:
-    return PotFakeQuantize(
-        observer=CusQuantObserver,
+def pot_fake_quant() -> EagerPotFakeQuantize:
+    return EagerPotFakeQuantize(
+        observer=EagerPotObserver,
         quant_min=0,
         quant_max=255,
         dtype=torch.quint8,
@@ -231,7 +231,7 @@ def test_qat_step_of_pot_fake_quant_never_reads_a_tensor_on_the_host():
     assert spy.reads == []
     # The spy does see reads: torch's FakeQuantize makes two per call.
     plain = FakeQuantize(
-        observer=CusQuantObserver,
+        observer=EagerPotObserver,
         quant_min=0,
         quant_max=255,
         dtype=torch.quint8,

@@ -12,7 +12,7 @@ from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxOb
 from labquant.config.groups import group_choices, load_group_option
 from labquant.errors import ConfigError
 from labquant.quant.eager import qconfigs as eager_qconfigs
-from labquant.quant.eager.observers import CusQuantObserver
+from labquant.quant.eager.observers import EagerPotObserver
 from labquant.quant.qconfigs import QConfigSpec, engine_default, power_of_two
 from tests.conftest import backend_for, get_qconfig, qconfig_spec
 
@@ -61,7 +61,7 @@ def test_pot_uses_plain_fake_quantize_not_the_fused_default():
         assert isinstance(fq, FakeQuantize)
         assert not isinstance(fq, FusedMovingAvgObsFakeQuantize)
         obs = fq.activation_post_process
-        assert isinstance(obs, CusQuantObserver)
+        assert isinstance(obs, EagerPotObserver)
         assert (obs.dtype, (obs.quant_min, obs.quant_max)) == (dtype, qrange)
         assert obs.qscheme == torch.per_tensor_symmetric and obs.max_shift_amount == 6
 
@@ -69,9 +69,9 @@ def test_pot_uses_plain_fake_quantize_not_the_fused_default():
 def test_pot_ptq_uses_the_power_of_two_observer():
     pot = get_qconfig("pot", qat=False, max_shift_amount=4)
     act, weight = pot.activation(), pot.weight()
-    assert isinstance(act, CusQuantObserver) and isinstance(weight, CusQuantObserver)
+    assert isinstance(act, EagerPotObserver) and isinstance(weight, EagerPotObserver)
     assert (act.max_shift_amount, weight.max_shift_amount) == (4, 4)
-    assert act.reduce_range is False  # full 8 bits on purpose (see CusQuantObserver)
+    assert act.reduce_range is False  # full 8 bits on purpose (see EagerPotObserver)
 
 
 @pytest.mark.parametrize("name", ["X86", "fp32", "onednn"])

@@ -14,7 +14,7 @@ from torch.ao.quantization import FakeQuantize, FusedMovingAvgObsFakeQuantize
 
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import workflow as wf
-from labquant.quant.eager.observers import CusQuantObserver
+from labquant.quant.eager.observers import EagerPotObserver
 from tests.conftest import backend_for, get_qconfig
 
 MAX_SHIFT = 7  # not the default 8, so a kwarg lost on the way to the observer shows up
@@ -85,7 +85,7 @@ def test_pot_qat_trains_on_exactly_the_scales_convert_uses():
     fqs = fake_quants(model)
     assert fqs and not any(isinstance(m, FusedMovingAvgObsFakeQuantize) for m in model.modules())
     for fq in fqs.values():
-        assert isinstance(fq.activation_post_process, CusQuantObserver)
+        assert isinstance(fq.activation_post_process, EagerPotObserver)
         assert fq.activation_post_process.max_shift_amount == MAX_SHIFT
 
     # The usual end of QAT: freeze ranges and BN, train on. Every fake-quant output must lie
@@ -202,7 +202,7 @@ def observer_ranges(model: nn.Module) -> list[tuple[float, float]]:
     return [
         (float(m.min_val), float(m.max_val))
         for m in model.modules()
-        if isinstance(m, CusQuantObserver)
+        if isinstance(m, EagerPotObserver)
     ]
 
 

@@ -211,6 +211,31 @@ def test_quantize_max_shift_amount_above_31(tmp_path: Path, tiny_fp32_run) -> No
     assert_nothing_written(run_dir)
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("qconfig.weight_bits=1", "qconfig.weight_bits=1 must be an integer in 2..8"),
+        ("qconfig.granularity=per_channel", "applies to power-of-two qconfigs only"),
+    ],
+)
+def test_quantize_design_space_settings_are_checked_before_any_work(
+    tmp_path: Path, tiny_fp32_run, override: str, needle: str
+) -> None:
+    fp32, run = tiny_fp32_run
+    run_dir = tmp_path / "run"
+    qconfig = ["qconfig=x86"] if "granularity" in override else []
+    result = run_cli(
+        *TINY,
+        f"ckpt_path={run / fp32['checkpoint']}",
+        *qconfig,
+        override,
+        run_dir=run_dir,
+        prog=QUANTIZE,
+    )
+    assert_one_line_error(result, override, needle, prog=QUANTIZE)
+    assert_nothing_written(run_dir)
+
+
 def test_lab_max_shift_amount_below_0(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(*TINY, "qconfig.max_shift_amount=-1", run_dir=run_dir, prog="labquant-lab")

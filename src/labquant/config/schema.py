@@ -67,11 +67,6 @@ def choice_of(group: str) -> Callable[[str], str]:
 
 QConfigName = Annotated[str, AfterValidator(choice_of("qconfig"))]
 
-MAX_SHIFT_LIMIT = 31  # a 32-bit accumulator cannot be shifted further
-SHIFT_RULE = f"must be an integer in 0..{MAX_SHIFT_LIMIT} (the shift of a power-of-two scale 2**-n)"
-ShiftAmount = Annotated[int, Field(ge=0, le=MAX_SHIFT_LIMIT)]
-_SHIFT_AMOUNT = TypeAdapter(ShiftAmount, config=ConfigDict(strict=True))
-
 
 def warmup_fits(warmup_epochs: float, max_epochs: int) -> bool:
     """The warmup rule, here and in WarmupCosineAnnealingLR: a cosine phase must remain."""
@@ -91,18 +86,6 @@ def check_warmup_epochs(warmup_epochs: float, max_epochs: int) -> None:
     if not warmup_fits(warmup_epochs, max_epochs):
         wrong, fix = warmup_rule(max_epochs)
         raise ConfigError(f"scheduler.warmup_epochs={format_value(warmup_epochs)} {wrong}; {fix}")
-
-
-def check_max_shift_amount(value: Any) -> int:
-    """The shift range for code that takes it outside a composed config (qconfig factories,
-    observers): the same rule as the schema's `qconfig.max_shift_amount`."""
-    try:
-        return _SHIFT_AMOUNT.validate_python(value)
-    except ValidationError:
-        shown = format_value(value)
-        raise ConfigError(
-            f"qconfig.max_shift_amount={shown} {SHIFT_RULE}; e.g. qconfig.max_shift_amount=8"
-        ) from None
 
 
 ModelName = Annotated[str, AfterValidator(choice_of("model"))]
@@ -203,46 +186,80 @@ class Quant(Settings):
         return self
 
 
+def _rule_of(hint: Any) -> str | None:
+    """The `rule` an Annotated argument declares in its Field (json_schema_extra)."""
+    for meta in getattr(hint, "__metadata__", ()):
+        extra = getattr(meta, "json_schema_extra", None)
+        if isinstance(extra, dict) and "rule" in extra:
+            return str(extra["rule"])
+    return None
+
+
+def check_target_arguments(model: Settings, what: str, unset_fix: str) -> None:
+    """Every key of a group is an argument of its `_target_`, of the type (and range) that
+    argument declares. An argument declared `None` is one the target has no use for (a
+    power-of-two setting of an engine-default qconfig): refused with `unset_fix`. Targets are
+    imported by their dotted name: config/ imports nothing of quant/."""
+    target = (model.model_extra or {}).get("_target_")
+    if not isinstance(target, str):
+        return
+    try:
+        init = get_object(target)
+        init = init.__init__ if isinstance(init, type) else init
+        hints = typing.get_type_hints(init, include_extras=True)
+        hints.pop("return", None)
+        defaults = {name: p.default for name, p in inspect.signature(init).parameters.items()}
+    except Exception:  # an unimportable target fails in instantiate, with its own line
+        return
+    for key, value in (model.model_extra or {}).items():
+        if key.startswith("_"):
+            continue
+        if key not in hints:
+            raise cross_field_error(
+                key, f"is not a setting of {what}", f"choose one of {', '.join(hints)}"
+            )
+        if hints[key] is type(None):
+            if value is None:
+                continue
+            raise cross_field_error(key, f"is not a setting of {what}", unset_fix)
+        example = defaults.get(key)
+        try:
+            TypeAdapter(hints[key], config=ConfigDict(strict=True)).validate_python(value)
+        except ValidationError as error:
+            reason = _rule_of(hints[key]) or _reason(error.errors()[0])
+            raise cross_field_error(
+                key, reason, f"e.g. {{group}}{key}={format_value(example)}"
+            ) from None
+
+
 class QConfig(Settings):
+    """A qconfig's settings are its factory's arguments (quant/qconfigs.py: the power-of-two
+    design space, declared there with their types and ranges beside the rules that use
+    them), checked against the `_target_` the chosen conf/qconfig/<name>.yaml names."""
+
     name: str = setting("pot")
-    engine: str = setting("x86")
-    max_shift_amount: ShiftAmount | None = setting(8, rule=SHIFT_RULE)
-    activations: Literal["symmetric", "unsigned"] = setting("unsigned")
-    snap_bias: bool = setting(True)
+
+    @model_validator(mode="after")
+    def _arguments_of_the_factory(self) -> QConfig:
+        name = self.name
+        check_target_arguments(
+            self,
+            f"qconfig={name}",
+            f"it applies to power-of-two qconfigs only (qconfig={name} uses its engine's own "
+            "observers): choose one, e.g. qconfig=pot_w4a8_pc, or leave it unset",
+        )
+        return self
 
 
 class Backend(Settings):
     """A backend's settings are its constructor's arguments, declared with their types and
     defaults by each backend class itself (quant/<name>/backend.py), so a new backend declares
-    its own and this schema names none of them. Checked against the class `_target_` names
-    (imported by its dotted name: config/ imports nothing of quant/)."""
+    its own and this schema names none of them."""
 
     @model_validator(mode="after")
     def _arguments_of_the_target(self) -> Backend:
         target = (self.model_extra or {}).get("_target_")
-        if not isinstance(target, str):
-            return self
-        try:
-            init = get_object(target).__init__
-            hints = {k: v for k, v in typing.get_type_hints(init).items() if k != "return"}
-            defaults = {name: p.default for name, p in inspect.signature(init).parameters.items()}
-        except Exception:  # an unimportable target fails in instantiate, with its own line
-            return self
-        for key, value in (self.model_extra or {}).items():
-            if key.startswith("_"):
-                continue
-            if key not in hints:
-                raise cross_field_error(
-                    key, f"is not a setting of {target}", f"choose one of {', '.join(hints)}"
-                )
-            example = defaults.get(key)
-            try:
-                TypeAdapter(hints[key], config=ConfigDict(strict=True)).validate_python(value)
-            except ValidationError as error:
-                reason = _reason(error.errors()[0])
-                raise cross_field_error(
-                    key, reason, f"e.g. {{group}}{key}={format_value(example)}"
-                ) from None
+        check_target_arguments(self, str(target), "leave it unset")
         return self
 
 

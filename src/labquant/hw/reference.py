@@ -13,11 +13,16 @@ everything is integer arithmetic on int64 numpy arrays holding int32-range value
   FE_TONEAREST mode: halfway cases go to the even neighbour, e.g. 5 >> 1 -> 2, 7 >> 1 -> 4,
   -5 >> 1 -> -2) or `half_up` (what a plain shifter does: add 2**(s-1), arithmetic shift right;
   ties go towards +inf, 5 >> 1 -> 3, -5 >> 1 -> -2). A power-of-two requantization makes ties
-  common: any accumulator whose low s bits are exactly 10...0.
+  common: any accumulator whose low s bits are exactly 10...0. A per-channel shift (a list in
+  the op, program.py) is an array of shifts applied along the output-channel axis (the last axis
+  of the (rows, Cout) accumulator), each channel rounded exactly as the scalar shift would.
 - ReLU is the clamp at the output zero point; the residual add aligns both operands to the
   finer grid with left shifts; global average pooling is a sum and a rounding shift by
   log2(window) (a window that is not a power of two needs a divide: the reference rounds the
   exact quotient with the same rule; torch multiplies by float32(1/window) and can differ there).
+- every op's output (and the input quantization's) is clamped to its `out_range` [lo, hi]
+  (default 0..255; ReLU clamps low at max(out_zero_point, lo)). `weight_bits` only bounds the
+  weight codes (check_program); the arithmetic is the same for every width.
 
 `count_saturation=True` also evaluates what an AVX2 CPU without VNNI computes inside torch's
 x86 / fbgemm int8 conv and linear: products of u8 codes (padding = the input zero point) and s8
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from labquant.hw.program import ACTIVATION_RANGE, IntegerProgram
+from labquant.hw.program import IntegerProgram, out_range_of
 
 ROUNDING = ("half_even", "half_up")
 INT16 = (-32768, 32767)
@@ -51,9 +56,18 @@ class RunResult:
         return next(reversed(self.codes.values()))
 
 
-def round_shift(acc: np.ndarray, shift: int, rounding: str = "half_even") -> np.ndarray:
-    """`acc * 2**-shift` rounded to an integer (shift < 0: an exact left shift)."""
+def round_shift(
+    acc: np.ndarray, shift: int | list[int] | np.ndarray, rounding: str = "half_even"
+) -> np.ndarray:
+    """`acc * 2**-shift` rounded to an integer (shift < 0: an exact left shift).
+
+    `shift` may be an array (e.g. one shift per output channel) broadcast against `acc`; each
+    element is then shifted exactly as the scalar shift would shift it (mixed signs allowed).
+    """
     acc = np.asarray(acc, dtype=np.int64)
+    if np.ndim(shift) > 0:
+        return _round_shift_array(acc, np.asarray(shift, dtype=np.int64), rounding)
+    shift = int(shift)
     if shift <= 0:
         return acc << -shift
     floor = acc >> shift  # arithmetic shift: floor division by 2**shift
@@ -66,6 +80,22 @@ def round_shift(acc: np.ndarray, shift: int, rounding: str = "half_even") -> np.
     return floor + ((rest > half) | ((rest == half) & (floor & 1 == 1)))
 
 
+def _round_shift_array(acc: np.ndarray, shift: np.ndarray, rounding: str) -> np.ndarray:
+    """round_shift with an array of shifts: a left shift by max(-s, 0), then a rounding right
+    shift by max(s, 0) (one of the two is zero per element; a right shift by 0 is exact)."""
+    if rounding not in ROUNDING:
+        raise ValueError(f"rounding must be one of {ROUNDING}, got {rounding!r}")
+    right = np.maximum(shift, 0)
+    acc = acc << np.maximum(-shift, 0)
+    half = (np.int64(1) << right) >> 1  # 2**(s-1), and 0 where s == 0
+    if rounding == "half_up":
+        return (acc + half) >> right
+    floor = acc >> right
+    rest = acc - (floor << right)
+    up = (right > 0) & ((rest > half) | ((rest == half) & (floor & 1 == 1)))
+    return floor + up
+
+
 def round_divide(num: np.ndarray, den: int, rounding: str = "half_even") -> np.ndarray:
     """`num / den` rounded with the same rule, for a divisor that is not a power of two."""
     num = np.asarray(num, dtype=np.int64)
@@ -75,9 +105,12 @@ def round_divide(num: np.ndarray, den: int, rounding: str = "half_even") -> np.n
     return floor + up
 
 
-def _clamp(values: np.ndarray, zero_point: int, relu: bool) -> np.ndarray:
-    low = zero_point if relu else ACTIVATION_RANGE[0]
-    return np.clip(values, low, ACTIVATION_RANGE[1])
+def _clamp(values: np.ndarray, op: dict[str, Any], relu: bool) -> np.ndarray:
+    """Clamp to the op's out_range [lo, hi]; ReLU clamps low at max(out_zero_point, lo)."""
+    low, high = out_range_of(op)
+    if relu:
+        low = max(op["out_zero_point"], low)
+    return np.clip(values, low, high)
 
 
 def _patches(codes: np.ndarray, op: dict[str, Any], kernel: tuple[int, int]) -> np.ndarray:
@@ -126,8 +159,10 @@ def _matmul_exact(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def _requantize(acc: np.ndarray, op: dict[str, Any], rounding: str) -> np.ndarray:
+    """One rounding shift (per channel along acc's last axis when `shift` is a list), the
+    output zero point, the clamp."""
     out = round_shift(acc, op["shift"], rounding) + op["out_zero_point"]
-    return _clamp(out, op["out_zero_point"], op["relu"]).astype(np.uint8)
+    return _clamp(out, op, op["relu"]).astype(np.uint8)
 
 
 def _conv(codes: np.ndarray, op: dict, arrays: dict, rounding: str, saturation: str | None):
@@ -180,14 +215,15 @@ def _avgpool(codes: np.ndarray, op: dict, rounding: str) -> np.ndarray:
         out = round_shift(total, divisor.bit_length() - 1, rounding)
     else:
         out = round_divide(total, divisor, rounding)
-    out = _clamp(out + op["out_zero_point"], op["out_zero_point"], False)
+    out = _clamp(out + op["out_zero_point"], op, False)
     return out.astype(np.uint8).reshape(n, c, 1, 1)
 
 
 def quantize_input(x: np.ndarray, op: dict[str, Any]) -> np.ndarray:
-    """The one float step: x * 2**shift is exact in float32; rint rounds half to even."""
+    """The one float step: x * 2**shift is exact in float32; rint rounds half to even; the
+    codes are clamped to the op's out_range."""
     scaled = np.rint(np.asarray(x, dtype=np.float32) * np.float32(2.0 ** op["out_shift"]))
-    return np.clip(scaled + op["out_zero_point"], *ACTIVATION_RANGE).astype(np.uint8)
+    return np.clip(scaled + op["out_zero_point"], *out_range_of(op)).astype(np.uint8)
 
 
 def run(

@@ -1,24 +1,107 @@
-"""Power-of-two scales: the pure rules every backend's observer shares.
+"""Power-of-two scales: the rules and the observer core every backend's observers end in.
 
 Hardware without an int multiplier for requantization rescales by a right shift, so every scale
 must be exactly 2**-n with 0 <= n <= max_shift_amount (the widest shift the datapath has). The
-eager observer (quant/eager/observers.py) and the PT2E one (quant/pt2e/observers.py) subclass
-different MinMaxObservers (torch.ao's, torchao's) but compute their qparams here, so both
+eager observers (quant/eager/observers.py) and the PT2E ones (quant/pt2e/observers.py) subclass
+different base observers (torch.ao's, torchao's) but both mix in `PotObserverCore`, so both
 backends give the same scale and zero point for the same statistics.
+
+A scale is composed from small parts, each a setting of the qconfig (Brevitas's spirit):
+- the code range: `bits` (2..8) narrow torch's int8 / uint8 container (`code_range`);
+- the range method (`RANGE_METHODS`): which threshold the codes must cover. `minmax`: the
+  observed max |x|; `percentile`: the p-th percentile of |x|; `mse`: the integer exponent,
+  among the min/max one and its neighbours, that minimises the quantization error. Weights are
+  measured exactly (the tensor itself), activations on a histogram of the whole calibration set
+  (`LogHistogram`: fixed log2-domain bins, so batches add up without re-binning or host syncs);
+- the exponent rule (`EXPONENT_RULES`): how the threshold's scale becomes 2**-n. `round`: nearest
+  in the log domain; `ceil`: the scale rounded UP, so the threshold never clips (Quark's
+  NonOverflow, Brevitas's fixed-point default); `floor`: rounded down (finer, may clip);
+- per tensor or per output channel (`granularity`), each shift clamped to 0..max_shift_amount.
+A new range method is one function in `RANGE_METHODS`' dispatch (`_refined_shift`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import Tensor
 
-from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
 
 UNSIGNED_DTYPES = (torch.quint8, torch.uint8)
+MAX_SHIFT_LIMIT = 31  # a 32-bit accumulator cannot be shifted further
+SHIFT_RULE = f"must be an integer in 0..{MAX_SHIFT_LIMIT} (the shift of a power-of-two scale 2**-n)"
+MIN_BITS, MAX_BITS = 2, 8
+EXPONENT_RULES = ("round", "floor", "ceil")
+RANGE_METHODS = ("minmax", "percentile", "mse")
+GRANULARITIES = ("per_tensor", "per_channel")
+MSE_NEIGHBOURS = 4  # the mse search tries n0 - 4 .. n0 + 4 around the min/max exponent n0
+
+# The declared types of the power-of-two settings (the qconfig factories' arguments; the schema
+# checks every `qconfig.*` value against them before any work starts).
+ShiftAmount = Annotated[
+    int, Field(ge=0, le=MAX_SHIFT_LIMIT, json_schema_extra={"rule": SHIFT_RULE})
+]
+Bits = Annotated[
+    int,
+    Field(
+        ge=MIN_BITS,
+        le=MAX_BITS,
+        json_schema_extra={"rule": f"must be an integer in {MIN_BITS}..{MAX_BITS} (code width)"},
+    ),
+]
+Percentile = Annotated[
+    float, Field(gt=0, le=100, json_schema_extra={"rule": "must be a percentile in (0, 100]"})
+]
+Granularity = Literal["per_tensor", "per_channel"]
+ExponentRule = Literal["round", "floor", "ceil"]
+RangeMethod = Literal["minmax", "percentile", "mse"]
+_SHIFT_AMOUNT = TypeAdapter(ShiftAmount, config=ConfigDict(strict=True))
+
+
+def check_max_shift_amount(value: Any) -> int:
+    """The shift range for code that takes it outside a composed config (observers, tests)."""
+    try:
+        return _SHIFT_AMOUNT.validate_python(value)
+    except ValidationError:
+        shown = str(value).lower() if isinstance(value, bool) else repr(value).strip("'")
+        raise ConfigError(
+            f"qconfig.max_shift_amount={shown} {SHIFT_RULE}; e.g. qconfig.max_shift_amount=8"
+        ) from None
+
+
+def check_choice(setting: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"qconfig.{setting}={value} must be one of {', '.join(choices)}; "
+            f"e.g. qconfig.{setting}={choices[0]}"
+        )
+    return value
+
+
+def check_bits(setting: str, bits: Any) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ConfigError(
+            f"qconfig.{setting}={bits} must be an integer in {MIN_BITS}..{MAX_BITS}; "
+            f"e.g. qconfig.{setting}=8"
+        )
+    return bits
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The codes of a `bits`-wide tensor in torch's containers: int8 -2**(b-1)..2**(b-1)-1
+    (weights), uint8 0..2**b-1 (activations)."""
+    bits = check_bits("weight_bits" if signed else "activation_bits", bits)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def bits_of(quant_min: int, quant_max: int) -> int:
+    """The width of a code range (its inverse of `code_range`)."""
+    return int(math.log2(quant_max - quant_min + 1))
 
 
 def _shift_amount(scale: Tensor) -> Tensor:
@@ -27,8 +110,18 @@ def _shift_amount(scale: Tensor) -> Tensor:
     return torch.nan_to_num(shift, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
 
 
-def scale_approximate(scale: Tensor, max_shift_amount: int = 8) -> Tensor:
-    """Nearest power of two in the log domain, clamped to the shifts the hardware has.
+def integer_shift(raw_scale: Tensor, max_shift_amount: int, exponent: str = "round") -> Tensor:
+    """The shift n of the power of two 2**-n the exponent rule picks for `raw_scale`, clamped
+    to 0..max_shift_amount (a float tensor of integers). `ceil`/`floor` name what happens to
+    the SCALE: ceil rounds it up (n = floor(-log2 s)), floor rounds it down (n = ceil(...))."""
+    shift = _shift_amount(raw_scale)
+    rule = {"round": torch.round, "ceil": torch.floor, "floor": torch.ceil}[exponent]
+    return rule(torch.clamp(shift, 0, max_shift_amount))
+
+
+def scale_approximate(scale: Tensor, max_shift_amount: int = 8, exponent: str = "round") -> Tensor:
+    """Nearest power of two in the log domain (or the exponent rule's), clamped to the shifts
+    the hardware has.
 
     Degenerate scales still give a usable one, because a crash here would kill a long training
     run at its last step: 0 / subnormal -> 2**-max_shift_amount (finest), inf / huge -> 1.0
@@ -36,8 +129,7 @@ def scale_approximate(scale: Tensor, max_shift_amount: int = 8) -> Tensor:
     (inf - inf, diverged activations), i.e. the same situation as an infinite range.
     """
     max_shift_amount = check_max_shift_amount(max_shift_amount)
-    shift = torch.clamp(_shift_amount(scale), 0, max_shift_amount).round()
-    return torch.exp2(-shift)  # exact for integer exponents in float32's normal range
+    return torch.exp2(-integer_shift(scale, max_shift_amount, exponent))
 
 
 def clamp_status(scale: Tensor, max_shift_amount: int = 8) -> str:
@@ -58,7 +150,8 @@ def clamp_status(scale: Tensor, max_shift_amount: int = 8) -> str:
 
 
 def symmetric_zero_point(observer: Any) -> Tensor:
-    """128 for an unsigned 0..255 range, 0 for a signed one or an unsigned post-ReLU activation.
+    """2**(b-1) (128 at 8 bits) for an unsigned 0..2**b-1 range, 0 for a signed one or an
+    unsigned post-ReLU activation.
 
     torch picks (qmin + qmax) // 2 = 127 when quant_min/quant_max are passed explicitly, as
     FakeQuantize (and every PT2E QuantizationSpec) always does, but 128 otherwise; PTQ and QAT,
@@ -70,50 +163,292 @@ def symmetric_zero_point(observer: Any) -> Tensor:
     return torch.tensor([zp], dtype=torch.int64, device=observer.min_val.device)
 
 
-def power_of_two_qparams(observer: Any) -> tuple[Tensor, Tensor]:
-    """A min/max observer's symmetric scale, rounded to 2**-n; never raises on odd statistics.
-
-    `observer` has min_val / max_val / quant_min / quant_max / eps / dtype, `unsigned`,
-    `max_shift_amount` and the sticky `clamp_overflow` / `clamp_underflow` buffers, which this
-    updates. Tensor ops only, no `if tensor:`: in GPU QAT this runs for every fake-quant module
-    at every step, and each host read would stall the device (torch's own version has three).
-    """
-    zero_point = symmetric_zero_point(observer)
-    observed = observer.min_val <= observer.max_val  # False before any data (min=inf, max=-inf)
-    max_abs = torch.max(-observer.min_val.clamp(max=0.0), observer.max_val.clamp(min=0.0))
-    # torch's symmetric formula: max|x| over half the integer range, at least eps;
-    # unsigned: max(x, 0) over the whole range (negative values clamp to code 0).
-    half_range = (observer.quant_max - observer.quant_min) / 2
+def _divisor(observer: Any, zero_point: int) -> float:
+    """What the threshold is divided by to give the raw scale. torch's symmetric formula (half
+    the integer range, 127.5 at 8 bits) for round / floor, as before this rule existed; `ceil`
+    promises that the threshold never clips, so it uses the codes above the zero point (127)."""
     if observer.unsigned:
-        max_abs = observer.max_val.clamp(min=0.0)
-        half_range = observer.quant_max - observer.quant_min
-    raw_scale = torch.max(max_abs / half_range, observer.eps.reshape(()))
-    shift = _shift_amount(raw_scale)
-    counts = observed & (max_abs > 0)  # an all-zero tensor loses no precision
-    observer.clamp_overflow |= counts & ((shift < 0) | torch.isnan(raw_scale))
-    observer.clamp_underflow |= counts & (shift > observer.max_shift_amount)
-    scale = torch.where(observed, scale_approximate(raw_scale, observer.max_shift_amount), 1.0)
-    return scale.reshape(1), zero_point
+        return float(observer.quant_max - observer.quant_min)
+    if observer.exponent == "ceil":
+        return float(observer.quant_max - zero_point)
+    return (observer.quant_max - observer.quant_min) / 2
 
 
-def observe_min_max(observer: Any, x_orig: Tensor) -> Tensor:
-    """A min/max observer's forward, except that a NaN batch adds no range instead of poisoning
-    min/max (torch.min/max propagate NaN, so one NaN would fix the scale at 1.0 for good;
-    fmin/fmax skip it). Infinities still count: they widen the range and are flagged."""
-    if x_orig.numel() == 0:
+def min_max_threshold(observer: Any, min_val: Tensor, max_val: Tensor) -> Tensor:
+    """What min/max says the codes must cover: max|x|, or max(x, 0) for unsigned ranges."""
+    if observer.unsigned:
+        return max_val.clamp(min=0.0)
+    return torch.max(-min_val.clamp(max=0.0), max_val.clamp(min=0.0))
+
+
+class LogHistogram:
+    """Fixed bins in the log2 domain for |x| from 2**LOW to 2**HIGH, one set per sign.
+
+    Fixed bins make the histogram of the whole calibration set a plain sum of the batches'
+    (torch's HistogramObserver re-bins when the range grows), need no host sync (scatter_add_),
+    and hold every magnitude with the same relative precision (2**(1/64) - 1 = 1.1 %), which is
+    what a power-of-two search needs. Magnitudes outside the bins go to the end bins.
+    """
+
+    LOW, HIGH, PER_OCTAVE = -32, 16, 64
+    BINS = (HIGH - LOW) * PER_OCTAVE
+
+    @classmethod
+    def empty(cls, device: Any = None) -> Tensor:
+        """Counts: [0, BINS) the negative values, [BINS, 2 BINS) the positive ones (float64:
+        exact counts far beyond float32's 2**24)."""
+        return torch.zeros(2 * cls.BINS, dtype=torch.float64, device=device)
+
+    @classmethod
+    def add(cls, counts: Tensor, x: Tensor) -> None:
+        x = x.detach().reshape(-1).to(torch.float32)
+        log = torch.nan_to_num(torch.log2(x.abs()), nan=cls.LOW, neginf=cls.LOW, posinf=cls.HIGH)
+        index = ((log - cls.LOW) * cls.PER_OCTAVE).floor().clamp(0, cls.BINS - 1).long()
+        index = index + cls.BINS * (x > 0).long()
+        counts.scatter_add_(0, index, torch.ones_like(index, dtype=counts.dtype))
+
+    @classmethod
+    def values(cls, device: Any = None) -> Tensor:
+        """Each bin's representative value (its geometric middle), with the sign of its half."""
+        middle = torch.exp2(
+            cls.LOW
+            + (torch.arange(cls.BINS, dtype=torch.float64, device=device) + 0.5) / cls.PER_OCTAVE
+        )
+        return torch.cat([-middle, middle])
+
+    @classmethod
+    def percentile(cls, counts: Tensor, percent: float, unsigned: bool) -> Tensor:
+        """The upper edge of the bin where the magnitudes' cumulative share reaches `percent`
+        (for unsigned ranges: of the positive values, the only ones clipped at the top)."""
+        negative, positive = counts[: cls.BINS], counts[cls.BINS :]
+        magnitude = positive if unsigned else negative + positive
+        cumulative = torch.cumsum(magnitude, 0)
+        target = cumulative[-1:] * (percent / 100.0)
+        index = torch.searchsorted(cumulative, target).clamp(max=cls.BINS - 1)
+        edge = torch.exp2(cls.LOW + (index.to(torch.float64) + 1) / cls.PER_OCTAVE)
+        return edge.to(torch.float32).reshape(())
+
+
+def quantization_error(
+    values: Tensor, counts: Tensor | None, scale: Tensor, zero_point: int, qmin: int, qmax: int
+) -> Tensor:
+    """Sum of squared errors of fake-quantizing each row of `values` (C, K) with its scale (C,)
+    (round half to even, as torch's kernels), weighted by `counts` (a histogram) if given."""
+    scale = scale.reshape(-1, 1).to(values.dtype)
+    codes = torch.clamp(torch.round(values / scale) + zero_point, qmin, qmax)
+    error = (values - (codes - zero_point) * scale).pow(2)
+    if counts is not None:
+        error = error * counts
+    return error.sum(dim=1)
+
+
+def mse_shift(
+    values: Tensor, counts: Tensor | None, start: Tensor, observer: Any, zero_point: int
+) -> Tensor:
+    """Per row, the integer shift in start - 4 .. start + 4 (clamped to the shifter's range)
+    with the least quantization error; `start` (the min/max one) wins every tie, so the result
+    is never worse than min/max on the same values."""
+    offsets = [0]
+    for k in range(1, MSE_NEIGHBOURS + 1):
+        offsets += [-k, k]
+    candidates = torch.stack(
+        [torch.clamp(start + k, 0, observer.max_shift_amount) for k in offsets]
+    )  # (M, C)
+    errors = torch.stack([
+        quantization_error(values, counts, torch.exp2(-shift), zero_point,
+                           observer.quant_min, observer.quant_max)
+        for shift in candidates
+    ])  # fmt: skip
+    best = torch.argmin(errors, dim=0)  # the first minimum: the min/max shift on ties
+    return candidates.gather(0, best.reshape(1, -1)).reshape(-1)
+
+
+def weight_percentile(rows: Tensor, percent: float, unsigned: bool) -> Tensor:
+    """The exact p-th percentile of |w| (or max(w, 0)) of each row."""
+    magnitude = rows.clamp(min=0.0) if unsigned else rows.abs()
+    k = min(rows.shape[1], max(1, math.ceil(percent / 100.0 * rows.shape[1])))
+    return torch.kthvalue(magnitude, k, dim=1).values
+
+
+def zero_point_of(observer: Any) -> int:
+    """`symmetric_zero_point` as a Python int (read from the settings, not from a tensor)."""
+    unsigned_range = observer.dtype in UNSIGNED_DTYPES
+    zp = (observer.quant_min + observer.quant_max + 1) // 2 if unsigned_range else 0
+    return 0 if observer.unsigned else zp
+
+
+class PotObserverCore:
+    """The power-of-two observer every backend's observer class ends in (mixed in before the
+    backend's own base observer, whose buffers `min_val` / `max_val` / `eps` it uses).
+
+    Statistics: min/max always (the clamp status and the min/max exponent come from them);
+    `range=percentile|mse` adds, for activations, a `LogHistogram` of every observed batch
+    (the whole calibration set, or every QAT step until the observers freeze), and for weights
+    (`weights=True`) the shift chosen from the tensor itself at each observation
+    (`searched_shift`, a buffer: a checkpoint keeps it, so a resumed QAT converts the same
+    scales). `clamp_overflow` / `clamp_underflow` are sticky buffers: a checkpoint says whether
+    the layer ever needed a scale outside the shifter's range. Tensor ops only in forward and
+    calculate_qparams, no `if tensor:`: in GPU QAT they run for every fake-quant module at
+    every step, and each host read would stall the device.
+    """
+
+    clamp_overflow: Tensor
+    clamp_underflow: Tensor
+    min_val: Tensor
+    max_val: Tensor
+
+    def setup_pot(
+        self,
+        max_shift_amount: int,
+        unsigned: bool,
+        exponent: str,
+        range_method: str,
+        percentile: float,
+        weights: bool,
+        one_scale: bool,
+    ) -> None:
+        """Called by each subclass's __init__ after its base observer's. `one_scale`: one
+        shift for the whole tensor even where the base observer keeps per-channel statistics
+        (PT2E writes per-tensor weight scales per channel, see quant/pt2e/observers.py)."""
+        self.max_shift_amount = check_max_shift_amount(max_shift_amount)
+        self.unsigned = bool(unsigned)
+        self.exponent = check_choice("exponent", exponent, EXPONENT_RULES)
+        self.range_method = check_choice("range", range_method, RANGE_METHODS)
+        self.percentile = float(percentile)
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(
+                f"qconfig.percentile={percentile} must be > 0 and <= 100; e.g. "
+                "qconfig.percentile=99.99"
+            )
+        self.weights = bool(weights)
+        self.one_scale = bool(one_scale)
+        self.register_buffer("clamp_overflow", torch.tensor(False))  # type: ignore[attr-defined]
+        self.register_buffer("clamp_underflow", torch.tensor(False))  # type: ignore[attr-defined]
+        if self.range_method != "minmax":
+            if self.weights:
+                self.register_buffer("searched_shift", torch.zeros(0))  # type: ignore[attr-defined]
+            else:
+                self.register_buffer("histogram", LogHistogram.empty())  # type: ignore[attr-defined]
+
+    @property
+    def channel_statistics(self) -> bool:
+        """Per-channel min/max (a per-channel base observer)."""
+        return self.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)  # type: ignore[attr-defined]
+
+    @property
+    def channel_scales(self) -> bool:
+        """One shift per output channel (per-channel granularity)."""
+        return self.channel_statistics and not self.one_scale
+
+    def _rows(self, x: Tensor) -> Tensor:
+        if not self.channel_statistics:
+            return x.reshape(1, -1)
+        axis = self.ch_axis  # type: ignore[attr-defined]
+        return (x.transpose(0, axis) if axis else x).reshape(x.shape[axis], -1)
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        """Min/max (a NaN batch adds no range instead of poisoning them: fmin/fmax skip NaN;
+        infinities still count, widen the range and are flagged), plus what the range method
+        needs."""
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().to(self.min_val.dtype)
+        rows = self._rows(x)
+        min_cur, max_cur = torch.aminmax(rows, dim=1)
+        if self.channel_statistics:
+            if self.min_val.numel() != rows.shape[0]:
+                self.min_val.resize_(rows.shape[0]).fill_(float("inf"))
+                self.max_val.resize_(rows.shape[0]).fill_(float("-inf"))
+        else:
+            min_cur = min_cur.reshape(self.min_val.shape)
+            max_cur = max_cur.reshape(self.max_val.shape)
+        self.min_val.copy_(torch.fmin(min_cur, self.min_val))
+        self.max_val.copy_(torch.fmax(max_cur, self.max_val))
+        if self.range_method != "minmax":
+            if self.weights:
+                self._search_weight(rows if self.channel_scales else rows.reshape(1, -1))
+            else:
+                LogHistogram.add(self.histogram, x)  # type: ignore[attr-defined]
         return x_orig
-    x = x_orig.detach().to(observer.min_val.dtype)
-    min_cur, max_cur = torch.aminmax(x)
-    observer.min_val.copy_(torch.fmin(min_cur, observer.min_val))
-    observer.max_val.copy_(torch.fmax(max_cur, observer.max_val))
-    return x_orig
 
+    def _raw_scale(self, threshold: Tensor) -> Tensor:
+        divisor = _divisor(self, zero_point_of(self))
+        return torch.max(threshold / divisor, self.eps.reshape(()))  # type: ignore[attr-defined]
 
-def clamp_status_of(observer: Any) -> str:
-    """'overflow' / 'underflow' if the observer's scale was ever clamped (overflow wins)."""
-    if bool(observer.clamp_overflow):
-        return "overflow"
-    return "underflow" if bool(observer.clamp_underflow) else "ok"
+    def _search_weight(self, rows: Tensor) -> None:
+        """The shift the range method picks from the weight itself, one per row."""
+        low, high = torch.aminmax(rows, dim=1)
+        start = integer_shift(
+            self._raw_scale(min_max_threshold(self, low, high)), self.max_shift_amount,
+            self.exponent,
+        )  # fmt: skip
+        if self.range_method == "percentile":
+            threshold = weight_percentile(rows, self.percentile, self.unsigned)
+            shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
+        else:
+            shift = mse_shift(rows, None, start, self, zero_point_of(self))
+        searched = self.searched_shift  # type: ignore[attr-defined]
+        searched.resize_(shift.shape).copy_(shift)
+
+    def _refined_shift(self, start: Tensor) -> Tensor:
+        """The range method's shift, given the min/max one (`start`)."""
+        if self.weights:
+            searched = self.searched_shift  # type: ignore[attr-defined]
+            return searched.to(start.dtype) if searched.numel() == start.numel() else start
+        counts = self.histogram  # type: ignore[attr-defined]
+        if self.range_method == "percentile":
+            threshold = LogHistogram.percentile(counts, self.percentile, self.unsigned)
+            shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
+            return torch.max(shift, start)  # never a coarser scale than min/max needs
+        values = LogHistogram.values(counts.device).reshape(1, -1)
+        best = mse_shift(values, counts.reshape(1, -1), start.reshape(1), self, zero_point_of(self))
+        return best.reshape(start.shape).to(start.dtype)
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        """Scale 2**-n and zero point from the statistics; never raises on odd statistics,
+        never syncs with the host."""
+        min_val, max_val = self.min_val, self.max_val
+        if self.channel_statistics and not self.channel_scales:
+            min_val, max_val = min_val.min().reshape(1), max_val.max().reshape(1)
+        else:
+            min_val, max_val = min_val.reshape(-1), max_val.reshape(-1)
+        observed = min_val <= max_val  # False before any data (min=inf, max=-inf)
+        threshold = min_max_threshold(self, min_val, max_val)
+        raw_scale = self._raw_scale(threshold)
+        shift = _shift_amount(raw_scale)
+        counts = observed & (threshold > 0)  # an all-zero tensor loses no precision
+        self.clamp_overflow |= (counts & ((shift < 0) | torch.isnan(raw_scale))).any()
+        self.clamp_underflow |= (counts & (shift > self.max_shift_amount)).any()
+        chosen = integer_shift(raw_scale, self.max_shift_amount, self.exponent)
+        if self.range_method != "minmax":
+            chosen = self._refined_shift(chosen)
+        scale = torch.where(observed, torch.exp2(-chosen), 1.0).to(torch.float32)
+        if not self.channel_statistics:
+            return scale.reshape(1), symmetric_zero_point(self)
+        channels = self.min_val.numel()
+        zero_points = torch.zeros(channels, dtype=torch.int64, device=scale.device)
+        return scale.expand(channels).contiguous(), zero_points
+
+    @property
+    def clamp_status(self) -> str:
+        """'overflow' / 'underflow' if the scale was ever clamped (overflow wins), else 'ok'."""
+        if bool(self.clamp_overflow):
+            return "overflow"
+        return "underflow" if bool(self.clamp_underflow) else "ok"
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any):
+        """A searched shift has as many entries as the checkpoint's tensor has channels."""
+        searched = state_dict.get(f"{prefix}searched_shift")
+        if searched is not None and hasattr(self, "searched_shift"):
+            self.searched_shift.resize_(searched.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()  # type: ignore[misc]
+        return (
+            f"{base}, max_shift_amount={self.max_shift_amount}, exponent={self.exponent}, "
+            f"range={self.range_method}"
+        )
 
 
 def folded_bias(
@@ -128,11 +463,15 @@ def folded_bias(
 def snap_correction(bias: Tensor, grid: Tensor) -> Tensor:
     """What moves `bias` onto its accumulator grid `s_in * s_w` (round half to even, as
     convert's snap does), detached: added to a QAT forward it fake-quantizes the bias with a
-    straight-through gradient (both backends' QAT bias fake-quant)."""
+    straight-through gradient (both backends' QAT bias fake-quant). `grid` is one value or one
+    per output channel."""
     return (torch.round(bias / grid) * grid - bias).detach()
 
 
-FIX_EXPORT = "export a stage quantized with a power-of-two qconfig (qconfig=pot or pot_unsigned)"
+FIX_EXPORT = (
+    "export a stage quantized with a power-of-two qconfig (qconfig=pot, pot_unsigned, pot_mse, "
+    "pot_w4a8, ...)"
+)
 
 
 def shift_of(scale: float, where: str) -> int:
@@ -142,6 +481,24 @@ def shift_of(scale: float, where: str) -> int:
     if not math.isfinite(n) or n != round(n):
         raise ConfigError(f"{where} has scale {scale!r}, not a power of two; {FIX_EXPORT}")
     return round(n)
+
+
+def shifts_of(scales: Any, where: str) -> int | list[int]:
+    """One shift for a per-tensor scale (or per-channel scales that are all equal), else one
+    per output channel."""
+    values = [float(s) for s in torch.as_tensor(scales, dtype=torch.float64).reshape(-1)]
+    shifts = [shift_of(s, where) for s in values]
+    return shifts[0] if len(set(shifts)) == 1 else shifts
+
+
+def per_channel(shift: int | list[int], channels: int) -> Any:
+    """A per-tensor or per-channel shift as one numpy int64 per output channel."""
+    return np.broadcast_to(np.asarray(shift, dtype=np.int64), (channels,))
+
+
+def combine(shift: int | list[int], offset: int) -> int | list[int]:
+    """A per-tensor or per-channel shift plus a common offset, in the same form."""
+    return [s + offset for s in shift] if isinstance(shift, list) else shift + offset
 
 
 def require_power_of_two(qconfig: Any) -> None:

@@ -1,17 +1,30 @@
 """What `qconfig=` chooses, independent of the backend that realises it.
 
 Each `conf/qconfig/<name>.yaml` names one of these factories with `_target_` and carries its
-arguments; a backend turns the spec into its own observers (eager: a torch.ao QConfig). A new
-qconfig is one YAML file plus, where it needs new observers, one factory here and its
-translation in each backend that supports it.
+arguments; a factory's annotated arguments ARE the qconfig's settings (config/schema.py checks
+every `qconfig.*` value against them before any work starts). A backend turns the spec into
+its own observers (eager: a torch.ao QConfig; pt2e: QuantizationSpecs). A new preset is one YAML
+file; a new kind of observer also needs its translation in each backend that supports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
+from labquant.quant.pot import (
+    Bits,
+    ExponentRule,
+    Granularity,
+    Percentile,
+    RangeMethod,
+    ShiftAmount,
+    check_bits,
+    check_choice,
+    check_max_shift_amount,
+    code_range,
+)
 
 ACTIVATIONS = ("symmetric", "unsigned")
 
@@ -21,12 +34,15 @@ class QConfigSpec:
     """A qconfig as the user chose it.
 
     `engine` is the int8 kernel family the scales are made for (x86, fbgemm, qnnpack);
-    `power_of_two` asks for scales 2**-n with 0 <= n <= `max_shift_amount`, symmetric
-    per-tensor, full 8-bit range (the shift-only hardware target). Power-of-two only:
-    `activations="unsigned"` quantizes every post-ReLU activation as uint8 with zero point 0
-    (scale 2**-n over 0..255: twice the precision, no zero-point correction in the next conv);
-    `snap_bias` puts every bias on its accumulator grid at conversion, so torch's int8 model
-    computes what the integer-only hardware computes (int32 bias).
+    `power_of_two` asks for scales 2**-n with 0 <= n <= `max_shift_amount`, symmetric (the
+    shift-only hardware target), composed of the parts quant/pot.py describes: `weight_bits` /
+    `activation_bits` (codes in torch's int8 / uint8 containers, range narrowed), weight
+    `granularity`, the `exponent` rule and the `range_method` (`percentile` for its
+    percentile). Power-of-two only: `activations="unsigned"` quantizes every post-ReLU
+    activation as uint8 with zero point 0 (scale 2**-n over 0..2**b-1: twice the precision, no
+    zero-point correction in the next conv); `snap_bias` puts every bias on its accumulator
+    grid at conversion, so torch's int8 model computes what the integer-only hardware computes
+    (int32 bias).
     """
 
     name: str
@@ -35,10 +51,57 @@ class QConfigSpec:
     max_shift_amount: int | None = None
     activations: str = "symmetric"
     snap_bias: bool = False
+    weight_bits: int = 8
+    activation_bits: int = 8
+    granularity: str = "per_tensor"
+    exponent: str = "round"
+    range_method: str = "minmax"
+    percentile: float = 99.99
+
+    @property
+    def weight_range(self) -> tuple[int, int]:
+        return code_range(self.weight_bits, signed=True)
+
+    @property
+    def activation_range(self) -> tuple[int, int]:
+        return code_range(self.activation_bits, signed=False)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.granularity == "per_channel"
+
+    def describe(self) -> dict[str, object]:
+        """What results.json records of the qconfig (besides its name)."""
+        described: dict[str, object] = {
+            "weight_bits": self.weight_bits,
+            "activation_bits": self.activation_bits,
+        }
+        if self.power_of_two:
+            described |= {
+                "granularity": self.granularity,
+                "exponent": self.exponent,
+                "range": self.range_method,
+            }
+            if self.range_method == "percentile":
+                described["percentile"] = self.percentile
+        return described
 
 
-def engine_default(name: str, engine: str, max_shift_amount: None = None) -> QConfigSpec:
-    """The engine's own default observers (torch's x86 / fbgemm / qnnpack qconfigs)."""
+def engine_default(
+    name: str,
+    engine: str,
+    max_shift_amount: None = None,
+    weight_bits: None = None,
+    activation_bits: None = None,
+    granularity: None = None,
+    exponent: None = None,
+    range: None = None,  # the setting's name: qconfig.range
+    percentile: None = None,
+    activations: None = None,
+    snap_bias: None = None,
+) -> QConfigSpec:
+    """The engine's own default observers (torch's x86 / fbgemm / qnnpack qconfigs); the
+    power-of-two settings have no meaning there (declared `None`: the schema refuses them)."""
     if max_shift_amount is not None:
         raise ConfigError(
             f"qconfig.max_shift_amount={max_shift_amount} applies to power-of-two qconfigs only; "
@@ -49,16 +112,24 @@ def engine_default(name: str, engine: str, max_shift_amount: None = None) -> QCo
 
 def power_of_two(
     name: str = "pot",
-    max_shift_amount: int = 8,
+    max_shift_amount: ShiftAmount = 8,
     engine: str = "x86",
-    activations: str = "symmetric",
+    activations: Literal["symmetric", "unsigned"] = "symmetric",
     snap_bias: bool = True,
+    weight_bits: Bits = 8,
+    activation_bits: Bits = 8,
+    granularity: Granularity = "per_tensor",
+    exponent: ExponentRule = "round",
+    range: RangeMethod = "minmax",  # the setting's name: qconfig.range
+    percentile: Percentile = 99.99,
 ) -> QConfigSpec:
     """Power-of-two scales; the int8 kernels that run them are the `engine`'s."""
-    if activations not in ACTIVATIONS:
+    check_choice("activations", activations, ACTIVATIONS)
+    if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+        raise ConfigError(f"qconfig.percentile={percentile} is not a number; e.g. 99.99")
+    if not 0 < percentile <= 100:
         raise ConfigError(
-            f"qconfig.activations={activations} must be one of {', '.join(ACTIVATIONS)}; "
-            "e.g. qconfig.activations=unsigned"
+            f"qconfig.percentile={percentile} must be > 0 and <= 100; e.g. qconfig.percentile=99.99"
         )
     return QConfigSpec(
         name=name,
@@ -67,4 +138,10 @@ def power_of_two(
         max_shift_amount=check_max_shift_amount(max_shift_amount),
         activations=activations,
         snap_bias=bool(snap_bias),
+        weight_bits=check_bits("weight_bits", weight_bits),
+        activation_bits=check_bits("activation_bits", activation_bits),
+        granularity=check_choice("granularity", granularity, ("per_tensor", "per_channel")),
+        exponent=check_choice("exponent", exponent, ("round", "floor", "ceil")),
+        range_method=check_choice("range", range, ("minmax", "percentile", "mse")),
+        percentile=float(percentile),
     )

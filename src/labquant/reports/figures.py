@@ -116,19 +116,29 @@ def qat_scales_figure(series: dict[str, list[tuple[int, float]]], title: str) ->
     return fig
 
 
-def accuracy_size_figure(points: list[tuple[str, float, float]]) -> Figure:
-    """Each report row (label, size MiB, accuracy %) as one labelled point."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+def accuracy_size_figure(points: list[tuple[str, float, float, float | None]]) -> Figure:
+    """Each report row (label, file MiB, accuracy %, packed MiB) as one labelled point, against
+    the file size and (right) against the packed size a hardware memory holds."""
+    packed = [p for p in points if p[3] is not None]
+    panels = 2 if packed else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5), squeeze=False)
     markers = {"FP32": "s", "PTQ": "o", "QAT": "^"}
-    for label, size, acc in points:
-        ax.scatter(size, acc, s=60, marker=markers.get(label.split()[0], "o"), label=label)
-        ax.annotate(label, (size, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("model file size (MiB)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against file size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.margins(x=0.2, y=0.15)
+    sides = [(axes[0][0], 1, "model file size (MiB)", points)]
+    if packed:
+        sides.append((axes[0][1], 3, "packed size (MiB): weights at their width", packed))
+    for ax, column, xlabel, shown in sides:
+        for point in shown:
+            label, acc, size = point[0], point[2], point[column]
+            ax.scatter(size, acc, s=60, marker=markers.get(label.split()[0], "o"), label=label)
+            ax.annotate(label, (size, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.margins(x=0.2, y=0.15)
+    axes[0][0].set_title("Accuracy against file size")
+    if packed:
+        axes[0][1].set_title("Accuracy against packed size")
     fig.tight_layout()
     return fig
 

@@ -72,13 +72,19 @@ def write_lab_figures(
     lab_dir = Path(lab_dir)
     sections: dict[str, list[str]] = {}
     points = [
-        (stage_label(stage_results.get(row["dir"], row)), row["size_mib"], row["test_acc"])
+        (
+            stage_label(stage_results.get(row["dir"], row)),
+            row["size_mib"],
+            row["test_acc"],
+            row.get("packed_size_mib"),
+        )
         for row in rows
         if not row.get("runtime")
     ]
     save_figure(accuracy_size_figure(points), lab_dir / ACCURACY_SIZE)
     sections["accuracy_size"] = [
-        f"![Test accuracy against model file size, one point per row]({ACCURACY_SIZE})",
+        f"![Test accuracy against model file size and packed size, one point per row]"
+        f"({ACCURACY_SIZE})",
         "",
     ]
     models = [

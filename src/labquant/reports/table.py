@@ -12,6 +12,8 @@ COLUMNS = (
     ("Model", "label"),
     ("Backend", "backend"),
     ("Size (MiB)", "size_mib"),
+    ("Packed (MiB)", "packed_size_mib"),
+    ("Bits W/A", "bits"),
     ("Accuracy (%)", "test_acc"),
     ("Accuracy Drop (pp)", "acc_drop"),
     ("Drop 95% interval (pp)", "acc_drop_ci95"),
@@ -61,6 +63,9 @@ def stage_row(
         "runtime": runtime,
         "qconfig": results.get("qconfig"),
         "size_mib": results["size_mib"],
+        # The weights at their declared width plus biases, shifts and zero points (quant/layers).
+        "packed_size_mib": results.get("packed_size_mib"),
+        "bits": _bits(results),
         "test_acc": test_acc,
         "acc_drop": round(results["fp32_test_acc"] - test_acc, 4)
         if runtime
@@ -76,6 +81,15 @@ def stage_row(
         row["speedup_b256"] = round(row["img_s_b256"] / best["b256"][1], 2)
         row["fp32_best"] = {"b1": best["b1"][0], "b256": best["b256"][0]}
     return row
+
+
+def _bits(results: dict[str, Any]) -> str | None:
+    """`W4/A8` and the weight granularity when it is per channel (`W4pc/A8`)."""
+    weight, activation = results.get("weight_bits"), results.get("activation_bits")
+    if weight is None or activation is None:
+        return None
+    per_channel = "pc" if results.get("granularity") == "per_channel" else ""
+    return f"W{weight}{per_channel}/A{activation}"
 
 
 def runtime_names(results: dict[str, Any]) -> list[str]:
@@ -97,6 +111,10 @@ def _label(row: dict[str, Any]) -> str:
     if row["stage"] == "fp32" and row.get("fp32_path"):
         return f"{label} ({row['fp32_path']})"
     return f"{label} ({row['runtime']})" if row.get("runtime") else label
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.3f}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -156,7 +174,9 @@ def write_lab_report(
             f"Accuracy drop = FP32 test accuracy ({fp32_acc:.2f} %) - int8 test accuracy, "
             "both measured on the CPU on the same test set. Its 95 % interval comes from the "
             "per-image differences (paired): the images only one of the two models gets right. "
-            "A drop target smaller than that interval cannot be told apart on this test set.",
+            "A drop target smaller than that interval cannot be told apart on this test set. "
+            "Size is the int8 file; Packed is what a hardware memory would hold: the weights at "
+            "their declared width, int32 biases, one-byte shifts and zero points.",
             "",
         ]
     parts += figures.get("accuracy_size", []) + figures.get("sqnr", [])
@@ -174,14 +194,18 @@ def write_lab_report(
             "",
         ]
         parts += [
-            "| layer | SQNR (dB) | activation scale | clamp (act / weight) |",
-            "|---|---|---|---|",
+            "| layer | SQNR (dB) | weight SQNR (dB) | activation scale | clamp (act / weight) "
+            "| clipped % (act / weight) |",
+            "|---|---|---|---|---|---|",
         ]
         for layer in worst:
             clamp = layer.get("clamp") or {}
             parts.append(
-                f"| {layer['name']} | {layer['sqnr_db']:.2f} | {layer['scale']:.6g} | "
-                f"{clamp.get('activation') or '-'} / {clamp.get('weight') or '-'} |"
+                f"| {layer['name']} | {layer['sqnr_db']:.2f} | "
+                f"{_cell(layer.get('weight_sqnr_db'))} | {layer['scale']:.6g} | "
+                f"{clamp.get('activation') or '-'} / {clamp.get('weight') or '-'} | "
+                f"{_percent(layer.get('clip_fraction'))} / "
+                f"{_percent(layer.get('weight_clip_fraction'))} |"
             )
         hits = [
             layer["name"] for layer in layers if "flow" in str((layer.get("clamp") or {}).values())

@@ -138,9 +138,14 @@ def avx2_emulation(
 
 
 def shifts_summary(program: Any) -> dict[str, Any]:
-    shifts = [op["shift"] for op in program.ops if "shift" in op]
+    """The requantization shifts of the program (per-channel ones counted channel by channel)."""
+    ops = [op for op in program.ops if "shift" in op]
+    shifts = [
+        s for op in ops for s in (op["shift"] if isinstance(op["shift"], list) else [op["shift"]])
+    ]
     return {
-        "requantizations": len(shifts),
+        "requantizations": len(ops),
+        "per_channel_shift_ops": [op["name"] for op in ops if isinstance(op["shift"], list)],
         "min_shift": min(shifts),
         "max_shift": max(shifts),
         "left_shifts": [op["name"] for op in program.ops if op.get("left_shift")],
@@ -190,6 +195,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "qconfig": qconfig.name,
         "activations": qconfig.activations,
         "snap_bias": qconfig.snap_bias,
+        **qconfig.describe(),
         "shifts": shifts_summary(exported.program),
         "layers": exported.program.summary(),
     }
@@ -205,6 +211,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "status": "complete",
         "stage": str(stage_dir),
         "qconfig": qconfig.name,
+        **qconfig.describe(),
         **{k: v for k, v in figures.items() if k != "layers"},
         "shifts": summary["shifts"],
         "golden": cfg.golden,

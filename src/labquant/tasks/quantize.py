@@ -29,6 +29,7 @@ from labquant.data.augment import normalize
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
 from labquant.quant.backend import QuantBackend
+from labquant.quant.layers import packed_size_mib
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
 from labquant.reports.machine import cpu
@@ -179,6 +180,7 @@ def stage_results(
         "backend": inputs.backend.name,
         "qconfig": inputs.qconfig.name,
         "max_shift_amount": inputs.qconfig.max_shift_amount,
+        **inputs.qconfig.describe(),  # widths, granularity, exponent rule, range method
         "model": model_name(cfg),
         "test_acc": round(int8.acc, 4),
         "test_loss": int8.loss,
@@ -188,6 +190,10 @@ def stage_results(
         # Half-width of its 95 % paired interval, and the images only one model gets right.
         **paired_drop(fp32, int8),
         "fp32_size_mib": serialized_mib(inputs.fp32_net.state_dict()),
+        # What a hardware memory holds: weights at their width, biases, shifts, zero points.
+        "packed_size_mib": packed_size_mib(
+            layers, inputs.qconfig.power_of_two, inputs.qconfig.per_channel
+        ),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": tuned.train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
         "world_size": tuned.world_size,

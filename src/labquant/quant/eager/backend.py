@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from labquant.quant.backend import check_mode
-from labquant.quant.eager import bias_quant, inspect, integer, workflow
+from labquant.quant.eager import bias_quant, inspect, integer, widths, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
 from labquant.quant.pot import require_power_of_two
@@ -89,6 +89,7 @@ class EagerBackend:
         workflow.set_engine(engine)
         module = workflow.convert_int8(prepared)
         bias_quant.remove(module)
+        widths.install_clamps(module, widths.activation_ranges(prepared))
         if qconfig.power_of_two and qconfig.snap_bias:
             integer.snap_biases(module, example.detach().cpu())
         script = to_torchscript(module, example[:1].detach().cpu())
@@ -141,16 +142,21 @@ class EagerBackend:
         require_power_of_two(qconfig)
         engine = saved.get("int8_engine") or engine_for(qconfig)
         workflow.set_engine(engine)
-        prepared = workflow.prepare_ptq(net, eager_qconfig(qconfig, qat=False))
+        relu = relu_output_qconfig(qconfig, qat=False)
+        prepared = workflow.prepare_ptq(net, eager_qconfig(qconfig, qat=False), relu)
+        ranges = widths.activation_ranges(prepared)
         module = workflow.convert_int8(prepared)
         state = torch.load(
             folder / saved.get("int8_state_dict", INT8_STATE_DICT), weights_only=True
         )
         module.load_state_dict(state)
+        widths.install_clamps(module, ranges)
         clamp = {
             row["name"]: row.get("clamp") for row in saved.get("layers") or [] if "name" in row
         }
-        program = integer.integer_program(module, image_hw, clamp)
+        program = integer.integer_program(
+            module, image_hw, clamp, ranges, weight_bits=qconfig.weight_bits
+        )
         return integer.IntegerExport(module.eval(), program, engine)
 
     def runtimes(self, folder: Path, saved: dict[str, Any]) -> dict[str, Any]:

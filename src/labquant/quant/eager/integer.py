@@ -19,41 +19,66 @@ from torch import Tensor, nn
 
 from labquant.errors import ConfigError
 from labquant.hw.program import IntegerProgram, add_op, avgpool_op
-from labquant.quant.pot import FIX_EXPORT, shift_of
+from labquant.quant.pot import FIX_EXPORT, combine, per_channel, shift_of, shifts_of
 
 _QUANTIZED_MATMUL = (nnq.Conv2d, nnq.Linear)
 
 
+_PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+
+
+def weight_shifts(weight: Tensor, name: str) -> int | list[int]:
+    """The weight's shift, or one per output channel (granularity=per_channel); its zero
+    points must be 0 (symmetric)."""
+    if weight.qscheme() in _PER_TENSOR:
+        if int(weight.q_zero_point()) != 0:
+            raise ConfigError(f"{name}.weight has a zero point; {FIX_EXPORT}")
+        return shift_of(weight.q_scale(), f"{name}.weight")
+    if bool(weight.q_per_channel_zero_points().any()):
+        raise ConfigError(f"{name}.weight has zero points; {FIX_EXPORT}")
+    return shifts_of(weight.q_per_channel_scales(), f"{name}.weight")
+
+
 class _Builder:
-    def __init__(self, clamp: dict[str, Any]) -> None:
+    def __init__(
+        self, clamp: dict[str, Any], ranges: dict[str, tuple[int, int]], weight_bits: int
+    ) -> None:
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
-        self.clamp = clamp
+        self.clamp, self.ranges, self.weight_bits = clamp, ranges, weight_bits
+
+    def out_range(self, name: str) -> list[int] | None:
+        codes = self.ranges.get(name)
+        return list(codes) if codes is not None else None
 
     def quantize(self, name: str, module: nn.Module) -> tuple[str, int, int]:
         shift = shift_of(float(module.scale), name)
         zp = int(module.zero_point)
-        self.ops.append({"name": name, "op": "quantize", "output": name, "out_shift": shift,
-                         "out_zero_point": zp, "dtype": "uint8"})  # fmt: skip
+        op = {"name": name, "op": "quantize", "output": name, "out_shift": shift,
+              "out_zero_point": zp, "dtype": "uint8"}  # fmt: skip
+        if self.out_range(name):
+            op["out_range"] = self.out_range(name)
+        self.ops.append(op)
         return name, shift, zp
 
     def matmul(self, name: str, module: nn.Module, source: tuple[str, int, int]) -> tuple:
         if not isinstance(module, _QUANTIZED_MATMUL):
             raise ConfigError(f"{name} is {type(module).__name__}, not a quantized conv/linear")
         weight = module.weight()
-        if weight.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-            raise ConfigError(f"{name} has per-channel weights; {FIX_EXPORT}")
-        w_shift = shift_of(weight.q_scale(), f"{name}.weight")
+        w_shift = weight_shifts(weight, name)
         in_name, in_shift, in_zp = source
         out_shift = shift_of(float(module.scale), name)
         out_zp = int(module.zero_point)
+        channels = weight.shape[0]
         bias = module.bias()
-        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach()
-        # The int32 bias on the accumulator grid 2**-(in_shift + w_shift), rounded half to even.
-        bias_int = torch.round(bias.double() * 2.0 ** (in_shift + w_shift))
+        bias = torch.zeros(channels) if bias is None else bias.detach()
+        # The int32 bias on each channel's accumulator grid 2**-(in_shift + w_shift),
+        # rounded half to even.
+        grid = torch.from_numpy(per_channel(w_shift, channels) + in_shift).double()
+        bias_int = torch.round(bias.double() * torch.exp2(grid))
         if bias_int.abs().max() >= 2**31:
             raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
-        shift = in_shift + w_shift - out_shift
+        shift = combine(w_shift, in_shift - out_shift)
         conv = isinstance(module, nnq.Conv2d)
         if conv and (module.groups != 1 or tuple(module.dilation) != (1, 1)):
             raise ConfigError(f"{name}: grouped or dilated convolutions are not supported")
@@ -63,11 +88,14 @@ class _Builder:
             "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
             "weight": f"{name}.weight", "bias": f"{name}.bias",
             "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
-            "weight_zero_point": int(weight.q_zero_point()), "out_shift": out_shift,
-            "out_zero_point": out_zp, "shift": shift, "left_shift": shift < 0,
+            "weight_zero_point": 0, "weight_bits": self.weight_bits, "out_shift": out_shift,
+            "out_zero_point": out_zp, "shift": shift,
+            "left_shift": bool((per_channel(shift, channels) < 0).any()),
             "relu": isinstance(module, (nniq.ConvReLU2d, nniq.LinearReLU)),
             "clamp": self.clamp.get(name),
         }  # fmt: skip
+        if self.out_range(name):
+            op["out_range"] = self.out_range(name)
         if conv:
             op["stride"] = [int(s) for s in module.stride]
             op["padding"] = [int(p) for p in module.padding]
@@ -76,17 +104,29 @@ class _Builder:
 
     def add(self, name: str, module: nn.Module, a: tuple, b: tuple, relu: bool) -> tuple:
         out = shift_of(float(module.scale), name), int(module.zero_point)
-        self.ops.append(add_op(name, a, b, out, relu, self.clamp.get(name)))
+        self.ops.append(
+            add_op(name, a, b, out, relu, self.clamp.get(name), out_range=self.out_range(name))
+        )
         return name, *out
 
     def avgpool(self, name: str, source: tuple, window: int) -> tuple:
-        self.ops.append(avgpool_op(name, source, window))
+        codes = self.ranges.get(source[0])
+        if codes is not None:
+            self.ranges[name] = codes  # the mean of codes stays inside their range
+        self.ops.append(avgpool_op(name, source, window, out_range=self.out_range(name)))
         return name, source[1], source[2]
 
 
-def integer_program(int8: nn.Module, input_hw: tuple[int, int], clamp: dict | None = None):
-    """The program of a converted eager ResNet; `input_hw` fixes the avgpool window size."""
-    build = _Builder(clamp or {})
+def integer_program(
+    int8: nn.Module,
+    input_hw: tuple[int, int],
+    clamp: dict | None = None,
+    ranges: dict[str, tuple[int, int]] | None = None,
+    weight_bits: int = 8,
+):
+    """The program of a converted eager ResNet; `input_hw` fixes the avgpool window size,
+    `ranges` the narrowed activation codes (widths.activation_ranges)."""
+    build = _Builder(clamp or {}, dict(ranges or {}), weight_bits)
     x = build.quantize("quant", int8.quant)
     x = build.matmul("conv1", int8.conv1, x)
     if not isinstance(getattr(int8, "maxpool", nn.Identity()), nn.Identity):
@@ -184,7 +224,10 @@ def snap_biases(int8: nn.Module, example: Tensor) -> int:
         if name not in scales or m.bias() is None:
             continue
         weight, bias = m.weight(), m.bias().detach()
-        grid = scales[name] * weight.q_scale()
+        if weight.qscheme() in _PER_TENSOR:
+            grid = scales[name] * weight.q_scale()
+        else:  # one accumulator grid per output channel
+            grid = scales[name] * weight.q_per_channel_scales().double()
         snapped = (torch.round(bias.double() / grid) * grid).float()
         moved += int((snapped != bias).sum())
         m.set_weight_bias(weight, snapped)

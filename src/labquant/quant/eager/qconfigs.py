@@ -3,70 +3,84 @@ kernels run it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.ao.quantization import QConfig, get_default_qat_qconfig, get_default_qconfig
 
-from labquant.config.schema import check_max_shift_amount
 from labquant.errors import ConfigError
-from labquant.quant.eager.observers import CusQuantObserver, PotFakeQuantize
+from labquant.quant.eager.observers import (
+    EagerPotChannelObserver,
+    EagerPotFakeQuantize,
+    EagerPotObserver,
+)
 from labquant.quant.qconfigs import QConfigSpec
 
 
-def pot_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
-    """Both weights and activations symmetric per-tensor with 2**-n scales.
-
-    QAT uses a plain FakeQuantize (PotFakeQuantize: the same, without per-step host syncs),
-    not torch's default FusedMovingAvgObsFakeQuantize: the fused C++ kernel computes its own
-    scale and never calls the observer's calculate_qparams, so training would see
-    non-power-of-two scales while `convert` used power-of-two ones.
-    """
-    common = {"qscheme": torch.per_tensor_symmetric, "max_shift_amount": max_shift_amount}
-    act = {"dtype": torch.quint8, **common}
-    wgt = {"dtype": torch.qint8, **common}
-    if not qat:
-        return QConfig(
-            activation=CusQuantObserver.with_args(**act),
-            weight=CusQuantObserver.with_args(**wgt),
-        )
-    return QConfig(
-        activation=PotFakeQuantize.with_args(
-            observer=CusQuantObserver, quant_min=0, quant_max=255, **act
-        ),
-        weight=PotFakeQuantize.with_args(
-            observer=CusQuantObserver, quant_min=-128, quant_max=127, **wgt
-        ),
-    )
-
-
-def unsigned_relu_qconfig(qat: bool, max_shift_amount: int) -> QConfig:
-    """pot, but the activation (the module's output) is unsigned: quint8 0..255, zero point 0,
-    scale 2**-n. Only for modules whose output follows a ReLU (see workflow.set_relu_qconfig)."""
-    base = pot_qconfig(qat, max_shift_amount)
-    act = {
-        "dtype": torch.quint8,
-        "qscheme": torch.per_tensor_affine,
-        "max_shift_amount": max_shift_amount,
-        "unsigned": True,
+def _method(spec: QConfigSpec) -> dict[str, Any]:
+    return {
+        "max_shift_amount": spec.max_shift_amount,
+        "exponent": spec.exponent,
+        "range_method": spec.range_method,
+        "percentile": spec.percentile,
     }
-    if not qat:
-        return QConfig(activation=CusQuantObserver.with_args(**act), weight=base.weight)
-    activation = PotFakeQuantize.with_args(
-        observer=CusQuantObserver, quant_min=0, quant_max=255, **act
+
+
+def _observer(observer: type, qat: bool, **kwargs: Any) -> Any:
+    """The observer constructor for PTQ, or a fake-quant over it for QAT (same arguments)."""
+    if qat:
+        return EagerPotFakeQuantize.with_args(observer=observer, **kwargs)
+    return observer.with_args(**kwargs)
+
+
+def activation_observer(spec: QConfigSpec, qat: bool, unsigned: bool = False) -> Any:
+    qmin, qmax = spec.activation_range
+    qscheme = torch.per_tensor_affine if unsigned else torch.per_tensor_symmetric
+    return _observer(
+        EagerPotObserver, qat, dtype=torch.quint8, qscheme=qscheme, quant_min=qmin,
+        quant_max=qmax, unsigned=unsigned, **_method(spec),
+    )  # fmt: skip
+
+
+def weight_observer(spec: QConfigSpec, qat: bool) -> Any:
+    qmin, qmax = spec.weight_range
+    common = {"dtype": torch.qint8, "quant_min": qmin, "quant_max": qmax, "weights": True}
+    if spec.per_channel:
+        return _observer(
+            EagerPotChannelObserver, qat, qscheme=torch.per_channel_symmetric, ch_axis=0,
+            **common, **_method(spec),
+        )  # fmt: skip
+    return _observer(
+        EagerPotObserver, qat, qscheme=torch.per_tensor_symmetric, **common, **_method(spec)
     )
-    return QConfig(activation=activation, weight=base.weight)
+
+
+def pot_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
+    """Weights and activations with 2**-n scales at the spec's widths and rules.
+
+    QAT uses EagerPotFakeQuantize (a plain FakeQuantize without per-step host syncs), not
+    torch's default FusedMovingAvgObsFakeQuantize: the fused C++ kernel computes its own scale
+    and never calls the observer's calculate_qparams, so training would see non-power-of-two
+    scales while `convert` used power-of-two ones.
+    """
+    return QConfig(activation=activation_observer(spec, qat), weight=weight_observer(spec, qat))
 
 
 def relu_output_qconfig(spec: QConfigSpec, qat: bool) -> QConfig | None:
-    """The qconfig of post-ReLU outputs when it differs from `eager_qconfig`, else None."""
+    """The qconfig of post-ReLU outputs when it differs from `eager_qconfig` (pot_unsigned:
+    quint8 0..2**b-1, zero point 0, scale 2**-n; see workflow.set_relu_qconfig), else None."""
     if spec.power_of_two and spec.activations == "unsigned":
-        return unsigned_relu_qconfig(qat, check_max_shift_amount(spec.max_shift_amount))
+        return QConfig(
+            activation=activation_observer(spec, qat, unsigned=True),
+            weight=weight_observer(spec, qat),
+        )
     return None
 
 
 def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
     """The torch.ao QConfig for `spec`: power-of-two observers, or the engine's defaults."""
     if spec.power_of_two:
-        return pot_qconfig(qat, check_max_shift_amount(spec.max_shift_amount))
+        return pot_qconfig(spec, qat)
     return get_default_qat_qconfig(spec.engine) if qat else get_default_qconfig(spec.engine)
 
 

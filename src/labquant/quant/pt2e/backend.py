@@ -29,7 +29,7 @@ from labquant.errors import ConfigError
 from labquant.onnx_runtime import OnnxRuntimeModel
 from labquant.quant.backend import check_mode
 from labquant.quant.pot import require_power_of_two
-from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem
+from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem, widths
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
@@ -150,6 +150,7 @@ class PT2EBackend:
             inspect.snap_biases(converted)
         if qconfig.power_of_two:
             stem.per_tensor_stem_weight(converted)  # exact on every CPU (quant/pt2e/stem.py)
+            widths.clamp_narrow_codes(converted)  # narrowed codes in every runtime
         graph.drop_unused_state(converted)
         example = example[:2].detach().cpu().clone()  # not a view: export would store its base
         program = torch.export.export(

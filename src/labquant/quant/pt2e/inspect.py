@@ -7,7 +7,6 @@ Layers are the converted graph's conv / linear nodes, named by the module they c
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Interpreter, Node
 from torchao.quantization.pt2e import FakeQuantizeBase, ObserverBase
 
-from labquant.quant.eager.inspect import sqnr_db
+from labquant.quant.layers import LayerRow, measure, observer_status
 
 aten = torch.ops.aten
 MATMULS = (aten.conv2d.default, aten.linear.default)
@@ -90,9 +89,10 @@ def _qparams(gm: GraphModule, dq: Any) -> tuple[Any, Any]:
 
 def snap_biases(gm: GraphModule) -> int:
     """Put every float bias on its accumulator grid, round(b / (s_in * s_w)) * s_in * s_w:
-    the int32 bias a shift-only accelerator adds (QAT biases come from BN folding at convert,
-    after annotation, so no DerivedQuantizationSpec could quantize them). Returns how many
-    values moved."""
+    the int32 bias a shift-only accelerator adds, per channel where the weight shifts are (QAT
+    biases come from BN folding at convert, after annotation, and per-channel shifts have one
+    grid per channel, so no DerivedQuantizationSpec quantizes them). Returns how many values
+    moved."""
     moved = 0
     for _, node in _matmuls(gm):
         bias = node.args[2] if len(node.args) > 2 else None
@@ -100,9 +100,9 @@ def snap_biases(gm: GraphModule) -> int:
             continue
         s_in, _ = _qparams(gm, node.args[0])
         s_w, _ = _qparams(gm, node.args[1])
-        if not isinstance(s_in, float) or not isinstance(s_w, float):
+        if not isinstance(s_in, float) or s_w is None:
             continue
-        grid = s_in * s_w
+        grid = s_in * torch.as_tensor(s_w, dtype=torch.float64)  # one, or one per channel
         value = getattr_path(gm, bias.target)
         snapped = (torch.round(value.detach().double() / grid) * grid).to(value.dtype)
         moved += int((snapped != value).sum())
@@ -141,11 +141,6 @@ def _observer_after(node: Node, gm: GraphModule) -> Any:
     return None
 
 
-def _status(observer: Any) -> str | None:
-    observer = getattr(observer, "activation_post_process", observer)
-    return getattr(observer, "clamp_status", None)
-
-
 def clamp_hits(prepared: nn.Module) -> dict[str, dict[str, str | None]]:
     """Per layer of the prepared graph: did the power-of-two clamp trigger (None: no clamp)."""
     hits: dict[str, dict[str, str | None]] = {}
@@ -160,7 +155,7 @@ def clamp_hits(prepared: nn.Module) -> dict[str, dict[str, str | None]]:
         )
         out = _observer_after(node, prepared)
         if isinstance(out, (ObserverBase, FakeQuantizeBase)) or out is None:
-            hits[name] = {"activation": _status(out), "weight": _status(weight_obs)}
+            hits[name] = {"activation": observer_status(out), "weight": observer_status(weight_obs)}
     return hits
 
 
@@ -178,65 +173,53 @@ class Recorder(Interpreter):
         return out
 
 
-def _fp32_outputs(fp32_net: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
-    """Each layer's output in the FP32 model fused as eager fuses it (conv+bn+relu in one
-    module), so it is the same tensor the int8 layer approximates."""
-    reference = copy.deepcopy(fp32_net).cpu().eval()
-    if hasattr(reference, "fuse_model"):
-        reference.fuse_model(is_qat=False)
-    outputs: dict[str, Tensor] = {}
-    handles = []
-    modules = dict(reference.named_modules())
-    for name in names:
-        if name in modules:
-            handles.append(
-                modules[name].register_forward_hook(
-                    lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach())
-                )
-            )
-    try:
-        with torch.inference_mode():
-            reference(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outputs
+def _weight_codes(gm: GraphModule, dq: Any) -> tuple[tuple[int, int] | None, Tensor | None]:
+    """A weight dequantize's code range and its dequantized value."""
+    if not (_is(dq, DEQUANTIZE) and isinstance(dq.args[0], Node)):
+        return None, None
+    codes, scale = _const(gm, dq.args[0]), _const(gm, dq.args[1])
+    per_channel = "per_channel" in str(dq.target)
+    qmin, qmax = (dq.args[4], dq.args[5]) if per_channel else (dq.args[3], dq.args[4])
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    if scale.numel() > 1:
+        scale = scale.reshape(-1, *([1] * (codes.dim() - 1)))
+    return (int(qmin), int(qmax)), codes.float() * scale
 
 
 def layer_table(
     fp32_net: nn.Module, prepared: nn.Module, int8: nn.Module, batch: Tensor
 ) -> list[dict[str, Any]]:
-    """results.json's `layers` for a PT2E int8 graph: the eager table's columns."""
+    """results.json's `layers` for a PT2E int8 graph (quant/layers.py rows, as eager's)."""
     gm = int8
-    layers = _matmuls(gm)
     clamps = clamp_hits(prepared)
     outputs: dict[Node, str] = {}
     rows = []
-    for name, node in layers:
+    for name, node in _matmuls(gm):
         quantize = _output_quantize(node)
         dequantize = next(iter(quantize.users), None) if quantize is not None else None
         if dequantize is not None:
             outputs[dequantize] = name
-        scale = float(quantize.args[1]) if quantize is not None else None
-        zero_point = int(quantize.args[2]) if quantize is not None else None
         weight_scale, _ = _qparams(gm, node.args[1])
-        rows.append({
-            "name": name,
-            "type": "Conv2d" if node.target == aten.conv2d.default else "Linear",
-            "scale": scale,
-            "zero_point": zero_point,
-            "weight_scale": weight_scale,
-            "clamp": clamps.get(name, {"activation": None, "weight": None}),
-        })  # fmt: skip
+        weight_range, weight = _weight_codes(gm, node.args[1])
+        rows.append(
+            LayerRow(
+                name=name,
+                type="Conv2d" if node.target == aten.conv2d.default else "Linear",
+                scale=float(quantize.args[1]) if quantize is not None else None,
+                zero_point=int(quantize.args[2]) if quantize is not None else None,
+                weight_scale=weight_scale,
+                clamp=clamps.get(name, {"activation": None, "weight": None}),
+                quant_range=(int(quantize.args[3]), int(quantize.args[4]))
+                if quantize is not None
+                else None,
+                weight_range=weight_range,
+                weight_int8=weight,
+            )
+        )
     recorder = Recorder(gm, outputs)
     with torch.inference_mode():
         recorder.run(batch.cpu())
-    reference = _fp32_outputs(fp32_net, [row["name"] for row in rows], batch.cpu())
-    for row in rows:
-        ours, theirs = recorder.values.get(row["name"]), reference.get(row["name"])
-        sqnr = sqnr_db(theirs, ours) if ours is not None and theirs is not None else float("nan")
-        row["sqnr_db"] = round(sqnr, 3)
-    return rows
+    return measure(rows, fp32_net, batch, recorder.values)
 
 
 def layer_weights(prepared: nn.Module, names: list[str]) -> dict[str, Tensor]:

@@ -14,7 +14,10 @@ The walk reads the Q/DQ graph as torchao's convert leaves it, op by op: every
 - quantize(flatten(dequantize(q))) with q's qparams: nothing (linear flattens its input).
 
 Per-channel weight dequantization with one scale for every channel (how the pot quantizer
-writes them, for Inductor's lowering) is one shift; genuinely per-channel scales are refused.
+writes per-tensor weights, for Inductor's lowering) is one shift; genuinely per-channel scales
+(granularity=per_channel) are one shift per output channel, their float bias snapped to each
+channel's grid. A narrowed activation range (quant_min / quant_max of the quantize, through
+the clamp widths.py inserts) is the op's `out_range`.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from torch.fx import GraphModule, Node
 
 from labquant.errors import ConfigError
 from labquant.hw.program import Codes, IntegerProgram, add_op, avgpool_op
-from labquant.quant.pot import FIX_EXPORT, shift_of
+from labquant.quant.pot import FIX_EXPORT, bits_of, combine, per_channel, shift_of, shifts_of
 from labquant.quant.pt2e.inspect import Recorder, getattr_path, module_name
+from labquant.quant.pt2e.widths import unclamped
 
 aten = torch.ops.aten
 _decomposed = torch.ops.quantized_decomposed
@@ -72,27 +76,33 @@ class _Builder:
         shift, zp = self.qparams(quantize, "quant")
         op = {"name": "quant", "op": "quantize", "output": "quant", "out_shift": shift,
               "out_zero_point": zp, "dtype": "uint8"}  # fmt: skip
+        self.narrowed(quantize, op)
         self.emit(quantize, op)
 
-    def weight(self, dq: Any, name: str) -> tuple[np.ndarray, int]:
+    def weight(self, dq: Any, name: str) -> tuple[np.ndarray, int | list[int], int]:
+        """The int8 codes, the shift (or one per output channel) and the width of a weight."""
         if not (isinstance(dq, Node) and dq.target in (DQ, DQ_PER_CHANNEL)):
             raise ConfigError(f"{name}: its weight is not an int8 tensor of the program")
         codes = self.const(dq.args[0])
         scale, zero_point = self.const(dq.args[1]), self.const(dq.args[2])
-        scales = torch.as_tensor(scale, dtype=torch.float64).flatten().unique()
-        if scales.numel() != 1 or torch.as_tensor(zero_point).any():
-            raise ConfigError(f"{name} has per-channel weight scales; {FIX_EXPORT}")
-        return codes.detach().cpu().numpy().astype(np.int8), shift_of(float(scales[0]), name)
+        if torch.as_tensor(zero_point).any():
+            raise ConfigError(f"{name} has weight zero points; {FIX_EXPORT}")
+        qmin, qmax = (dq.args[4], dq.args[5]) if dq.target is DQ_PER_CHANNEL else dq.args[3:5]
+        shift = shifts_of(scale, f"{name}.weight")
+        return codes.detach().cpu().numpy().astype(np.int8), shift, bits_of(qmin, qmax)
 
-    def bias(self, node: Any, name: str, grid_shift: int, channels: int) -> np.ndarray:
-        """The int32 bias on the accumulator grid 2**-(in_shift + weight_shift)."""
+    def bias(self, node: Any, name: str, grid_shift: np.ndarray) -> np.ndarray:
+        """The int32 bias on each channel's accumulator grid 2**-(in_shift + weight_shift)."""
         if node is None:
-            return np.zeros(channels, dtype=np.int32)
+            return np.zeros(len(grid_shift), dtype=np.int32)
         if isinstance(node, Node) and node.target is DQ:
-            if shift_of(float(node.args[1]), f"{name}.bias") != grid_shift:
+            if len(set(grid_shift.tolist())) != 1:
+                raise ConfigError(f"{name}: a per-tensor int32 bias beside per-channel shifts")
+            if shift_of(float(node.args[1]), f"{name}.bias") != int(grid_shift[0]):
                 raise ConfigError(f"{name}: its int32 bias is not on the accumulator grid")
             return self.const(node.args[0]).detach().cpu().numpy().astype(np.int32)
-        value = self.const(node).detach().double() * 2.0**grid_shift  # a float bias: snap it
+        grid = torch.exp2(torch.from_numpy(grid_shift).double())
+        value = self.const(node).detach().double() * grid  # a float bias: snap it
         rounded = torch.round(value)
         if rounded.abs().max() >= 2**31:
             raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
@@ -102,21 +112,24 @@ class _Builder:
         name = module_name(node) or node.name
         conv = node.target is CONV
         in_name, in_shift, in_zp = self.source(node.args[0], name)
-        weight, w_shift = self.weight(node.args[1], name)
+        weight, w_shift, w_bits = self.weight(node.args[1], name)
         out_shift, out_zp = self.qparams(quantize, name)
-        bias = self.bias(node.args[2] if len(node.args) > 2 else None, name,
-                         in_shift + w_shift, weight.shape[0])  # fmt: skip
+        channels = weight.shape[0]
+        grid = per_channel(w_shift, channels) + in_shift
+        bias = self.bias(node.args[2] if len(node.args) > 2 else None, name, grid)
         self.arrays[f"{name}.weight"] = weight
         self.arrays[f"{name}.bias"] = bias
-        shift = in_shift + w_shift - out_shift
+        shift = combine(w_shift, in_shift - out_shift)
         op: dict[str, Any] = {
             "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
             "weight": f"{name}.weight", "bias": f"{name}.bias",
             "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
-            "weight_zero_point": 0, "out_shift": out_shift, "out_zero_point": out_zp,
-            "shift": shift, "left_shift": shift < 0, "relu": relu,
+            "weight_zero_point": 0, "weight_bits": w_bits, "out_shift": out_shift,
+            "out_zero_point": out_zp, "shift": shift,
+            "left_shift": bool((per_channel(shift, channels) < 0).any()), "relu": relu,
             "clamp": self.clamp.get(name),
         }  # fmt: skip
+        self.narrowed(quantize, op)
         if conv:
             stride, padding, dilation, groups = (list(node.args[3:7]) + [None] * 4)[:4]
             if (groups or 1) != 1 or list(dilation or [1, 1]) != [1, 1]:
@@ -125,12 +138,21 @@ class _Builder:
             op["padding"] = [int(p) for p in (padding or [0, 0])]
         self.emit(quantize, op)
 
+    @staticmethod
+    def narrowed(quantize: Node, op: dict[str, Any]) -> None:
+        """The op's code range where the quantize narrows it below 0..255."""
+        qmin, qmax = int(quantize.args[3]), int(quantize.args[4])
+        if (qmin, qmax) != (0, 255):
+            op["out_range"] = [qmin, qmax]
+
     def add(self, quantize: Node, node: Node, relu: bool) -> None:
         block = module_name(node)
         name = f"{block}.skip_add" if block else node.name
         a, b = (self.source(arg, name) for arg in node.args[:2])
         out = self.qparams(quantize, name)
-        self.emit(quantize, add_op(name, a, b, out, relu, self.clamp.get(name)))
+        op = add_op(name, a, b, out, relu, self.clamp.get(name))
+        self.narrowed(quantize, op)
+        self.emit(quantize, op)
 
     def avgpool(self, quantize: Node, node: Node) -> None:
         name = module_name(node) or "avgpool"
@@ -141,10 +163,12 @@ class _Builder:
         if value is None:
             raise ConfigError(f"{name}: the program does not record its input shape")
         window = int(value.shape[-1]) * int(value.shape[-2])
-        self.emit(quantize, avgpool_op(name, source, window))
+        op = avgpool_op(name, source, window)
+        self.narrowed(quantize, op)
+        self.emit(quantize, op)
 
     def visit(self, quantize: Node) -> None:
-        node = quantize.args[0]
+        node = unclamped(quantize.args[0])
         if node.op == "placeholder":
             return self.quantize_input(quantize)
         relu = node.target in RELUS

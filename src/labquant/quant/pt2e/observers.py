@@ -1,34 +1,26 @@
 """torchao observers and fake quantization for power-of-two scales.
 
 PT2E's `convert_pt2e` refuses a mix of torch.ao and torchao observer classes, so the PT2E pot
-observer subclasses torchao's MinMaxObserver; its qparams come from quant/pot.py, the same
-function the eager observer uses, so both backends give the same scale and zero point for the
-same statistics.
+observers subclass torchao's; their statistics and scale rules are quant/pot.py's
+`PotObserverCore`, the same the eager observers end in, so both backends give the same scale
+and zero point for the same statistics.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import Tensor
 from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 
-from labquant.config.schema import check_max_shift_amount
-from labquant.quant.pot import clamp_status_of, observe_min_max, power_of_two_qparams
+from labquant.quant.pot import PotObserverCore
 
 
-class PotObserver(MinMaxObserver):
-    """Symmetric per-tensor min/max observer whose scale is rounded to 2**-n (torchao).
+class PT2EPotObserver(PotObserverCore, MinMaxObserver):
+    """Symmetric per-tensor activation observer whose scale is 2**-n (torchao).
 
-    `unsigned=True`: a post-ReLU activation, 0..255 with zero point 0. `clamp_overflow` /
-    `clamp_underflow` are sticky buffers, as in the eager observer: the layer table reports
-    whether a scale ever fell off the shifter's range.
+    `unsigned=True`: a post-ReLU activation, 0..2**b-1 with zero point 0.
     """
-
-    clamp_overflow: Tensor
-    clamp_underflow: Tensor
 
     def __init__(
         self,
@@ -36,71 +28,47 @@ class PotObserver(MinMaxObserver):
         qscheme: torch.qscheme = torch.per_tensor_symmetric,
         max_shift_amount: int = 8,
         unsigned: bool = False,
+        exponent: str = "round",
+        range_method: str = "minmax",
+        percentile: float = 99.99,
+        weights: bool = False,
         **kwargs: Any,
     ) -> None:
         if unsigned:  # torch's symmetric qscheme forces zero point 128 / 0 by dtype
             qscheme = torch.per_tensor_affine
         super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
-        self.max_shift_amount = check_max_shift_amount(max_shift_amount)
-        self.unsigned = bool(unsigned)
-        self.register_buffer("clamp_overflow", torch.tensor(False))
-        self.register_buffer("clamp_underflow", torch.tensor(False))
-
-    def forward(self, x_orig: Tensor) -> Tensor:
-        """MinMaxObserver.forward, but a NaN batch adds no range (quant/pot.py)."""
-        return observe_min_max(self, x_orig)
-
-    def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        return power_of_two_qparams(self)
-
-    @property
-    def clamp_status(self) -> str:
-        return clamp_status_of(self)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, max_shift_amount={self.max_shift_amount}"
+        self.setup_pot(
+            max_shift_amount, unsigned, exponent, range_method, percentile, weights,
+            one_scale=True,
+        )  # fmt: skip
 
 
-class PotWeightObserver(PerChannelMinMaxObserver):
-    """A power-of-two per-TENSOR weight scale, written per output channel (all equal).
+class PT2EPotWeightObserver(PotObserverCore, PerChannelMinMaxObserver):
+    """Power-of-two weight scales, always written per output channel.
 
-    The integer semantics are those of one scale per tensor (eager pot's); the per-channel form
-    is what Inductor's x86 int8 conv lowering and ONNX Runtime's QLinearConv fusion match
-    (a per-tensor weight dequant stays an FP32 conv there).
+    `one_scale=True` (granularity=per_tensor): one 2**-n for the tensor, repeated per channel:
+    the integer semantics are those of one scale per tensor (eager pot's), and the per-channel
+    form is what Inductor's x86 int8 conv lowering and ONNX Runtime's QLinearConv fusion match
+    (a per-tensor weight dequant stays an FP32 conv there). `one_scale=False`: one shift per
+    output channel.
     """
 
-    clamp_overflow: Tensor
-    clamp_underflow: Tensor
-
-    def __init__(self, max_shift_amount: int = 8, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        max_shift_amount: int = 8,
+        exponent: str = "round",
+        range_method: str = "minmax",
+        percentile: float = 99.99,
+        one_scale: bool = True,
+        **kwargs: Any,
+    ) -> None:
         kwargs.update(dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=0)
         kwargs.pop("unsigned", None)
+        kwargs.pop("weights", None)
         super().__init__(**kwargs)
-        self.max_shift_amount = check_max_shift_amount(max_shift_amount)
-        self.register_buffer("clamp_overflow", torch.tensor(False))
-        self.register_buffer("clamp_underflow", torch.tensor(False))
-
-    def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        whole = SimpleNamespace(
-            min_val=self.min_val.min(),
-            max_val=self.max_val.max(),
-            quant_min=self.quant_min,
-            quant_max=self.quant_max,
-            eps=self.eps,
-            dtype=self.dtype,
-            unsigned=False,
-            max_shift_amount=self.max_shift_amount,
-            clamp_overflow=self.clamp_overflow,
-            clamp_underflow=self.clamp_underflow,
-        )
-        scale, _ = power_of_two_qparams(whole)
-        channels = self.min_val.numel()
-        zero_points = torch.zeros(channels, dtype=torch.int64, device=scale.device)
-        return scale.expand(channels).contiguous(), zero_points
-
-    clamp_status = PotObserver.clamp_status
+        self.setup_pot(max_shift_amount, False, exponent, range_method, percentile, True, one_scale)
 
 
-class PotFakeQuantize(FakeQuantize):
-    """torchao FakeQuantize over PotObserver (a fused moving-average fake quant would compute
-    its own, non-power-of-two scale in C++ and never call `calculate_qparams`)."""
+class PT2EPotFakeQuantize(FakeQuantize):
+    """torchao FakeQuantize over the pot observers (a fused moving-average fake quant would
+    compute its own, non-power-of-two scale in C++ and never call `calculate_qparams`)."""

@@ -2,8 +2,9 @@
 
 `x86` / `fbgemm` use torchao's X86InductorQuantizer (the kernels Inductor lowers to). The
 power-of-two qconfigs use `PowerOfTwoQuantizer`, labquant's own, with the same semantics as the
-eager pot qconfig: symmetric per-tensor int8 weights and 0..255 activations (zero point 128),
-scale 2**-n with 0 <= n <= max_shift_amount; conv(-bn)(-relu) and linear quantize their input,
+eager pot qconfigs: symmetric int8 weights (per tensor, or per channel) and 0..255 activations
+(zero point 128), both narrowed to the declared widths, scale 2**-n with 0 <= n <=
+max_shift_amount; conv(-bn)(-relu) and linear quantize their input,
 weight and output, the residual add quantizes both inputs and its (relu) output, pooling and
 flatten share their input's qparams, and a bias the graph already has is int32 at
 s_in * s_w (DerivedQuantizationSpec). `activations="unsigned"` makes every post-ReLU output
@@ -30,7 +31,11 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
-from labquant.quant.pt2e.observers import PotFakeQuantize, PotObserver, PotWeightObserver
+from labquant.quant.pt2e.observers import (
+    PT2EPotFakeQuantize,
+    PT2EPotObserver,
+    PT2EPotWeightObserver,
+)
 from labquant.quant.qconfigs import QConfigSpec
 
 ANNOTATION = "quantization_annotation"
@@ -50,23 +55,31 @@ PASS_THROUGH = (
 )
 
 
-def _spec(qat: bool, max_shift: int, signed: bool, unsigned: bool = False) -> QuantizationSpec:
-    """Weights (`signed`): int8 -128..127, one 2**-n per tensor written per channel (see
-    PotWeightObserver); activations: 0..255, zero point 128 (0 when `unsigned`)."""
-    observer = PotWeightObserver if signed else PotObserver
-    kwargs: dict[str, Any] = {"max_shift_amount": max_shift}
+def _spec(qat: bool, spec: QConfigSpec, signed: bool, unsigned: bool = False) -> QuantizationSpec:
+    """Weights (`signed`): int8 at the spec's width, written per channel (one 2**-n for the
+    tensor, or one per channel with granularity=per_channel; see PT2EPotWeightObserver);
+    activations: uint8 0..2**b-1, zero point 2**(b-1) (0 when `unsigned`)."""
+    observer = PT2EPotWeightObserver if signed else PT2EPotObserver
+    kwargs: dict[str, Any] = {
+        "max_shift_amount": int(spec.max_shift_amount or 8),
+        "exponent": spec.exponent,
+        "range_method": spec.range_method,
+        "percentile": spec.percentile,
+    }
     dtype = torch.int8 if signed else torch.uint8
-    qmin, qmax = (-128, 127) if signed else (0, 255)
+    qmin, qmax = spec.weight_range if signed else spec.activation_range
     if signed:
         qscheme, ch_axis = torch.per_channel_symmetric, 0
+        kwargs["one_scale"] = not spec.per_channel
     else:
         kwargs["unsigned"] = unsigned
         qscheme = torch.per_tensor_affine if unsigned else torch.per_tensor_symmetric
         ch_axis = None
+    kwargs.update(quant_min=qmin, quant_max=qmax)
     if qat:
-        kwargs.update(observer=observer, quant_min=qmin, quant_max=qmax, dtype=dtype)
+        kwargs.update(observer=observer, dtype=dtype)
         kwargs.update(qscheme=qscheme, **({"ch_axis": 0} if signed else {}))
-    ctr = (PotFakeQuantize if qat else observer).with_args(**kwargs)
+    ctr = (PT2EPotFakeQuantize if qat else observer).with_args(**kwargs)
     return QuantizationSpec(
         dtype=dtype,
         quant_min=qmin,
@@ -108,12 +121,14 @@ class PowerOfTwoQuantizer(Quantizer):
 
     def __init__(self, spec: QConfigSpec, qat: bool) -> None:
         super().__init__()
-        shift = int(spec.max_shift_amount or 8)
         self.qat = qat
-        self.act = _spec(qat, shift, signed=False)
-        self.weight = _spec(qat, shift, signed=True)
+        self.act = _spec(qat, spec, signed=False)
+        self.weight = _spec(qat, spec, signed=True)
+        # A per-channel weight grid has one bias scale per channel: the bias stays float in the
+        # graph and convert snaps it to each channel's grid (inspect.snap_biases).
+        self.derived_bias = not spec.per_channel
         unsigned = spec.activations == "unsigned"
-        self.relu_out = _spec(qat, shift, signed=False, unsigned=True) if unsigned else self.act
+        self.relu_out = _spec(qat, spec, signed=False, unsigned=True) if unsigned else self.act
 
     def _input_spec(self, node: Node) -> Any:
         """An edge from an annotated producer reuses its output spec (implicit sharing: one
@@ -150,7 +165,7 @@ class PowerOfTwoQuantizer(Quantizer):
         act, weight = node.args[0], node.args[1]
         inputs: dict[Node, Any] = {act: self._input_spec(act), weight: self.weight}
         bias = node.args[2] if len(node.args) > 2 else None
-        if isinstance(bias, Node):
+        if isinstance(bias, Node) and self.derived_bias:
             inputs[bias] = DerivedQuantizationSpec(
                 derived_from=[(act, node), (weight, node)],
                 derive_qparams_fn=_bias_qparams,

@@ -26,6 +26,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from labquant.quant.pt2e.inspect import getattr_path
+from labquant.quant.pt2e.widths import unclamped
 
 _CONV = torch.ops.aten.conv2d.default
 _DQ_PER_CHANNEL = torch.ops.quantized_decomposed.dequantize_per_channel.default
@@ -37,7 +38,7 @@ def reads_network_input(conv: Node) -> bool:
     """conv(dequantize(quantize(<graph input>)), ...)."""
     dq = conv.args[0]
     q = dq.args[0] if isinstance(dq, Node) and dq.target is _DQ_PER_TENSOR else None
-    source = q.args[0] if isinstance(q, Node) and q.target is _Q_PER_TENSOR else None
+    source = unclamped(q.args[0]) if isinstance(q, Node) and q.target is _Q_PER_TENSOR else None
     return isinstance(source, Node) and source.op == "placeholder"
 
 
