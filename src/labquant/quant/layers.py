@@ -24,6 +24,12 @@ from labquant.quant.pot import bits_of
 SQNR_CAP_DB = 200.0  # identical outputs: a finite number keeps results.json valid JSON
 
 
+def quantizable_layers(net: nn.Module) -> list[str]:
+    """The conv / linear modules of an FP32 network, by name: the layers every backend
+    quantizes and names its rows after (what `qconfig.layer_bits` may name)."""
+    return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
 def sqnr_db(reference: Tensor, test: Tensor) -> float:
     """Signal-to-quantization-noise ratio, 10 log10(|ref|^2 / |ref - test|^2), in dB."""
     reference, test = reference.float(), test.float().reshape(reference.shape)
@@ -111,8 +117,10 @@ class LayerRow:
     clamp: dict[str, str | None]
     quant_range: tuple[int, int] | None = None
     weight_range: tuple[int, int] | None = None
+    input_range: tuple[int, int] | None = None  # the codes of the activation it reads
     weight_int8: Tensor | None = field(default=None, repr=False)
     sqnr_db: float = float("nan")
+    macs: int | None = None  # multiply-accumulates per image
     weight_sqnr_db: float | None = None
     clip_fraction: float | None = None
     weight_clip_fraction: float | None = None
@@ -121,10 +129,17 @@ class LayerRow:
         row = asdict(self)
         row.pop("weight_int8")
         quant_range, weight_range = row.pop("quant_range"), row.pop("weight_range")
+        input_range = row.pop("input_range")
         row["bits"] = {
             "weight": bits_of(*weight_range) if weight_range else None,
             "activation": bits_of(*quant_range) if quant_range else None,
         }
+        input_bits = bits_of(*input_range) if input_range else None
+        row["input_bits"] = input_bits
+        weight_bits = row["bits"]["weight"]
+        # BitOps (AIMET's cost measure): multiply-accumulates x weight bits x input bits.
+        known = None not in (self.macs, weight_bits, input_bits)
+        row["bitops"] = self.macs * weight_bits * input_bits if known else None
         row["shift"] = {"weight": _shifts(self.weight_scale), "activation": _shifts(self.scale)}
         weight = self.weight_int8
         row["weights"] = int(weight.numel()) if weight is not None else None
@@ -160,13 +175,16 @@ def measure(
     fp32_outputs = module_outputs(reference, names, batch.cpu())
     for row in rows:
         ours, theirs = int8_outputs.get(row.name), fp32_outputs.get(row.name)
+        weight = fused_weight(reference, row.name)
+        if theirs is not None and weight is not None:
+            per_channel = theirs[0].numel() // weight.shape[0]  # output positions per channel
+            row.macs = int(per_channel * weight.numel())
         if ours is not None and theirs is not None:
             row.sqnr_db = sqnr_db(theirs, ours)
             if row.scale is not None and row.quant_range is not None:
                 row.clip_fraction = clipped_share(
                     theirs, row.scale, row.zero_point or 0, row.quant_range[1]
                 )
-        weight = fused_weight(reference, row.name)
         if weight is not None and row.weight_int8 is not None:
             row.weight_sqnr_db = sqnr_db(weight, row.weight_int8)
             if row.weight_scale is not None and row.weight_range is not None:
@@ -193,6 +211,12 @@ def packed_bytes(row: dict[str, Any], power_of_two: bool, per_channel: bool) -> 
     per_scale = 1 if power_of_two else 2 * FLOAT_SCALE_BYTES
     output = 2 if power_of_two else 2 * FLOAT_SCALE_BYTES
     return math.ceil(weights * bits / 8) + 4 * channels + weight_scales * per_scale + output
+
+
+def total_bitops(layers: list[dict[str, Any]]) -> int | None:
+    """BitOps per image of the network (None where a layer's are unknown)."""
+    values = [row.get("bitops") for row in layers]
+    return None if not values or None in values else int(sum(values))
 
 
 def packed_size_mib(layers: list[dict[str, Any]], power_of_two: bool, per_channel: bool) -> float:

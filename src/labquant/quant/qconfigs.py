@@ -9,8 +9,9 @@ file; a new kind of observer also needs its translation in each backend that sup
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import fnmatch
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from labquant.errors import ConfigError
 from labquant.quant.pot import (
@@ -57,6 +58,28 @@ class QConfigSpec:
     exponent: str = "round"
     range_method: str = "minmax"
     percentile: float = 99.99
+    # (name or glob, weight bits or None, activation bits or None), applied in order
+    layer_bits: tuple[tuple[str, int | None, int | None], ...] = ()
+
+    def for_layer(self, name: str) -> QConfigSpec:
+        """The spec of one conv / linear: the qconfig's widths with every `layer_bits` entry
+        that matches `name` applied over them, in the order given (a later one wins)."""
+        weight, activation = self.weight_bits, self.activation_bits
+        for pattern, weight_bits, activation_bits in self.layer_bits:
+            if fnmatch.fnmatchcase(name, pattern):
+                weight = weight_bits or weight
+                activation = activation_bits or activation
+        return replace(self, weight_bits=weight, activation_bits=activation, layer_bits=())
+
+    def check_layers(self, names: list[str]) -> None:
+        """Every `layer_bits` entry must match a layer of the network (`names`, its conv /
+        linear modules); checked before any work."""
+        for pattern, _, _ in self.layer_bits:
+            if not fnmatch.filter(names, pattern):
+                raise ConfigError(
+                    f"qconfig.layer_bits has {pattern!r}, which names no layer of this model; "
+                    f"its layers are {', '.join(names)} (globs such as 'layer1.*' work)"
+                )
 
     @property
     def weight_range(self) -> tuple[int, int]:
@@ -84,6 +107,11 @@ class QConfigSpec:
             }
             if self.range_method == "percentile":
                 described["percentile"] = self.percentile
+            if self.layer_bits:
+                described["layer_bits"] = {
+                    pattern: {k: v for k, v in (("weight", w), ("activation", a)) if v}
+                    for pattern, w, a in self.layer_bits
+                }
         return described
 
 
@@ -99,6 +127,7 @@ def engine_default(
     percentile: None = None,
     activations: None = None,
     snap_bias: None = None,
+    layer_bits: None = None,
 ) -> QConfigSpec:
     """The engine's own default observers (torch's x86 / fbgemm / qnnpack qconfigs); the
     power-of-two settings have no meaning there (declared `None`: the schema refuses them)."""
@@ -122,8 +151,25 @@ def power_of_two(
     exponent: ExponentRule = "round",
     range: RangeMethod = "minmax",  # the setting's name: qconfig.range
     percentile: Percentile = 99.99,
+    layer_bits: dict[str, dict[str, Any]] | None = None,
 ) -> QConfigSpec:
-    """Power-of-two scales; the int8 kernels that run them are the `engine`'s."""
+    """Power-of-two scales; the int8 kernels that run them are the `engine`'s. `layer_bits`
+    maps a conv / linear name, or a glob such as `layer1.*`, to its own weight / activation
+    widths (the activation is the layer's output) over the qconfig's defaults."""
+    entries = []
+    for pattern, bits in (layer_bits or {}).items():
+        bits = dict(bits or {})
+        unknown = set(bits) - {"weight", "activation"}
+        if unknown or not bits:
+            raise ConfigError(
+                f"qconfig.layer_bits.{pattern} must set weight and/or activation bits, got "
+                f"{bits or 'nothing'}; e.g. qconfig.layer_bits={{'{pattern}': {{weight: 8}}}}"
+            )
+        widths = [
+            check_bits(f"layer_bits.{pattern}.{key}", bits[key]) if key in bits else None
+            for key in ("weight", "activation")
+        ]
+        entries.append((str(pattern), *widths))
     check_choice("activations", activations, ACTIVATIONS)
     if isinstance(percentile, bool) or not isinstance(percentile, int | float):
         raise ConfigError(f"qconfig.percentile={percentile} is not a number; e.g. 99.99")
@@ -144,4 +190,5 @@ def power_of_two(
         exponent=check_choice("exponent", exponent, ("round", "floor", "ceil")),
         range_method=check_choice("range", range, ("minmax", "percentile", "mse")),
         percentile=float(percentile),
+        layer_bits=tuple(entries),
     )

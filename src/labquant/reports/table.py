@@ -13,6 +13,7 @@ COLUMNS = (
     ("Backend", "backend"),
     ("Size (MiB)", "size_mib"),
     ("Packed (MiB)", "packed_size_mib"),
+    ("GBitOps", "gbitops"),
     ("Bits W/A", "bits"),
     ("Accuracy (%)", "test_acc"),
     ("Accuracy Drop (pp)", "acc_drop"),
@@ -66,6 +67,7 @@ def stage_row(
         # The weights at their declared width plus biases, shifts and zero points (quant/layers).
         "packed_size_mib": results.get("packed_size_mib"),
         "bits": _bits(results),
+        "gbitops": round(results["bitops"] / 1e9, 3) if results.get("bitops") else None,
         "test_acc": test_acc,
         "acc_drop": round(results["fp32_test_acc"] - test_acc, 4)
         if runtime
@@ -176,7 +178,8 @@ def write_lab_report(
             "per-image differences (paired): the images only one of the two models gets right. "
             "A drop target smaller than that interval cannot be told apart on this test set. "
             "Size is the int8 file; Packed is what a hardware memory would hold: the weights at "
-            "their declared width, int32 biases, one-byte shifts and zero points.",
+            "their declared width, int32 biases, one-byte shifts and zero points; GBitOps: "
+            "multiply-accumulates x weight bits x input bits per image, in 10^9.",
             "",
         ]
     parts += figures.get("accuracy_size", []) + figures.get("sqnr", [])

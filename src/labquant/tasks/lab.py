@@ -20,6 +20,7 @@ from labquant.config.groups import load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.quant.backend import IntegerExporter, QuantBackend
+from labquant.quant.layers import quantizable_layers
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
 from labquant.run_lock import run_folder_lock
@@ -235,8 +236,10 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     lab_dir = Path(cfg.paths.output_dir)
     qconfigs = {name: qconfig_option(cfg, name) for name in cfg.lab.qconfigs}
     backends = {name: lab_backend(cfg, name) for name in cfg.lab.backends}
+    layers = quantizable_layers(instantiate(cfg.model, "model"))
     for name, option in qconfigs.items():
         spec = instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
+        spec.check_layers(layers)
         for entry in backends.values():
             for mode in entry.backend.modes:
                 entry.backend.check(spec, mode)

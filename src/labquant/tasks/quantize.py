@@ -29,7 +29,7 @@ from labquant.data.augment import normalize
 from labquant.data.tensors import TensorImageDataModule
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
 from labquant.quant.backend import QuantBackend
-from labquant.quant.layers import packed_size_mib
+from labquant.quant.layers import packed_size_mib, quantizable_layers, total_bitops
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
 from labquant.reports.machine import cpu
@@ -77,6 +77,7 @@ def load_inputs(cfg: DictConfig) -> StageInputs:
     """Settings, qconfig and backend (mode included), the FP32 checkpoint and the data."""
     validate_settings(cfg)
     qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
+    qconfig.check_layers(quantizable_layers(instantiate(cfg.model, "model")))
     backend: QuantBackend = instantiate(cfg.backend, "backend")
     backend.check(qconfig, cfg.quant.mode)
     checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
@@ -194,6 +195,8 @@ def stage_results(
         "packed_size_mib": packed_size_mib(
             layers, inputs.qconfig.power_of_two, inputs.qconfig.per_channel
         ),
+        # Multiply-accumulates x weight bits x input bits, per image, summed over the layers.
+        "bitops": total_bitops(layers),
         "fp32_checkpoint": str(cfg.ckpt_path),
         "qat_device": tuned.train_device,  # fake-quant fine-tuning; int8 conversion and tests: CPU
         "world_size": tuned.world_size,

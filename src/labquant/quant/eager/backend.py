@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from labquant.quant.backend import check_mode
 from labquant.quant.eager import bias_quant, inspect, integer, widths, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
-from labquant.quant.eager.qconfigs import eager_qconfig, engine_for, relu_output_qconfig
+from labquant.quant.eager.qconfigs import (
+    eager_qconfig,
+    engine_for,
+    layer_qconfig_of,
+    relu_output_qconfig,
+)
 from labquant.quant.pot import require_power_of_two
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic, write_torch
@@ -58,7 +63,9 @@ class EagerBackend:
         workflow.set_engine(engine)
         prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
         relu = relu_output_qconfig(qconfig, qat=qat)
-        prepared = prepare(net, eager_qconfig(qconfig, qat=qat), relu)
+        prepared = prepare(
+            net, eager_qconfig(qconfig, qat=qat), relu, layer_qconfig_of(qconfig, qat)
+        )
         if qat and qconfig.power_of_two and qconfig.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         return prepared
@@ -143,7 +150,9 @@ class EagerBackend:
         engine = saved.get("int8_engine") or engine_for(qconfig)
         workflow.set_engine(engine)
         relu = relu_output_qconfig(qconfig, qat=False)
-        prepared = workflow.prepare_ptq(net, eager_qconfig(qconfig, qat=False), relu)
+        prepared = workflow.prepare_ptq(
+            net, eager_qconfig(qconfig, qat=False), relu, layer_qconfig_of(qconfig, qat=False)
+        )
         ranges = widths.activation_ranges(prepared)
         module = workflow.convert_int8(prepared)
         state = torch.load(
@@ -155,7 +164,7 @@ class EagerBackend:
             row["name"]: row.get("clamp") for row in saved.get("layers") or [] if "name" in row
         }
         program = integer.integer_program(
-            module, image_hw, clamp, ranges, weight_bits=qconfig.weight_bits
+            module, image_hw, clamp, ranges, lambda name: qconfig.for_layer(name).weight_bits
         )
         return integer.IntegerExport(module.eval(), program, engine)
 

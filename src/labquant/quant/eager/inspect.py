@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from labquant.quant.eager import bias_quant
 from labquant.quant.eager.workflow import quantized_layers
 from labquant.quant.layers import LayerRow, measure, module_outputs, observer_status
 
@@ -71,6 +72,10 @@ def layer_table(
     layers = quantized_layers(int8_net)
     names = [name for name, _ in layers]
     clamps = clamp_hits(prepared_net, names)
+    try:  # the walk follows labquant's ResNets (duck-typed)
+        sources = bias_quant.input_fake_quants(prepared_net)
+    except AttributeError:
+        sources = {}
     rows = []
     for name, module in layers:
         prepared = prepared_net.get_submodule(name)
@@ -84,6 +89,7 @@ def layer_table(
                 clamp=clamps[name],
                 quant_range=_code_range(getattr(prepared, "activation_post_process", None)),
                 weight_range=_code_range(_weight_observer(prepared)),
+                input_range=_code_range(sources.get(name)),
                 weight_int8=module.weight().dequantize(),
             )
         )

@@ -7,7 +7,7 @@ global avgpool -> fc), duck-typed: quant/ does not import models/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,7 +41,10 @@ def weight_shifts(weight: Tensor, name: str) -> int | list[int]:
 
 class _Builder:
     def __init__(
-        self, clamp: dict[str, Any], ranges: dict[str, tuple[int, int]], weight_bits: int
+        self,
+        clamp: dict[str, Any],
+        ranges: dict[str, tuple[int, int]],
+        weight_bits: Callable[[str], int],
     ) -> None:
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
@@ -88,7 +91,7 @@ class _Builder:
             "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
             "weight": f"{name}.weight", "bias": f"{name}.bias",
             "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
-            "weight_zero_point": 0, "weight_bits": self.weight_bits, "out_shift": out_shift,
+            "weight_zero_point": 0, "weight_bits": self.weight_bits(name), "out_shift": out_shift,
             "out_zero_point": out_zp, "shift": shift,
             "left_shift": bool((per_channel(shift, channels) < 0).any()),
             "relu": isinstance(module, (nniq.ConvReLU2d, nniq.LinearReLU)),
@@ -122,10 +125,11 @@ def integer_program(
     input_hw: tuple[int, int],
     clamp: dict | None = None,
     ranges: dict[str, tuple[int, int]] | None = None,
-    weight_bits: int = 8,
+    weight_bits: Callable[[str], int] = lambda _name: 8,
 ):
     """The program of a converted eager ResNet; `input_hw` fixes the avgpool window size,
-    `ranges` the narrowed activation codes (widths.activation_ranges)."""
+    `ranges` the narrowed activation codes (widths.activation_ranges), `weight_bits` each
+    layer's weight width."""
     build = _Builder(clamp or {}, dict(ranges or {}), weight_bits)
     x = build.quantize("quant", int8.quant)
     x = build.matmul("conv1", int8.conv1, x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torch.ao.quantization import QConfig, get_default_qat_qconfig, get_default_qconfig
 
 from labquant.errors import ConfigError
@@ -14,6 +15,7 @@ from labquant.quant.eager.observers import (
     EagerPotFakeQuantize,
     EagerPotObserver,
 )
+from labquant.quant.eager.workflow import RELU_FUSED
 from labquant.quant.qconfigs import QConfigSpec
 
 
@@ -75,6 +77,22 @@ def relu_output_qconfig(spec: QConfigSpec, qat: bool) -> QConfig | None:
             weight=weight_observer(spec, qat),
         )
     return None
+
+
+def layer_qconfig_of(spec: QConfigSpec, qat: bool) -> Any:
+    """`qconfig.layer_bits` as workflow.set_layer_qconfigs' callback: each conv / linear a
+    layer_bits entry matches gets the qconfig of its own widths (None: no entries)."""
+    if not spec.layer_bits:
+        return None
+
+    def layer_qconfig(name: str, module: nn.Module) -> QConfig | None:
+        layer = spec.for_layer(name)
+        if (layer.weight_bits, layer.activation_bits) == (spec.weight_bits, spec.activation_bits):
+            return None
+        relu = isinstance(module, RELU_FUSED) and relu_output_qconfig(layer, qat)
+        return relu or eager_qconfig(layer, qat)
+
+    return layer_qconfig
 
 
 def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,7 +39,20 @@ def set_engine(backend: str) -> None:
     torch.backends.quantized.engine = backend
 
 
-_RELU_FUSED = (
+# Every module a conv / linear is after fusion (PTQ and QAT), plus the plain ones.
+_MATMULS = (
+    nn.Conv2d,
+    nn.Linear,
+    nni.ConvReLU2d,
+    nni.ConvBn2d,
+    nni.ConvBnReLU2d,
+    nni.LinearReLU,
+    nniqat.ConvBn2d,
+    nniqat.ConvBnReLU2d,
+    nniqat.ConvReLU2d,
+)
+
+RELU_FUSED = (
     nni.ConvReLU2d,
     nni.ConvBnReLU2d,
     nni.LinearReLU,
@@ -59,7 +72,7 @@ def set_relu_qconfig(model: nn.Module, qconfig: QConfig | None) -> int:
         return 0
     count = 0
     for module in model.modules():
-        targets = [module] if isinstance(module, _RELU_FUSED) else []
+        targets = [module] if isinstance(module, RELU_FUSED) else []
         targets += [getattr(module, name) for name in getattr(module, "relu_outputs", ())]
         for target in targets:
             target.qconfig = qconfig
@@ -67,23 +80,51 @@ def set_relu_qconfig(model: nn.Module, qconfig: QConfig | None) -> int:
     return count
 
 
+LayerQConfig = Callable[[str, nn.Module], QConfig | None]
+
+
+def set_layer_qconfigs(model: nn.Module, layer_qconfig: LayerQConfig | None) -> int:
+    """Give each fused conv / linear the qconfig `layer_qconfig(name, module)` returns (None:
+    keep what it has), after fusion and the ReLU outputs' qconfig; returns how many."""
+    if layer_qconfig is None:
+        return 0
+    count = 0
+    outer: list[str] = []  # a fused module's own conv (`<name>.0`) is not a layer of its own
+    for name, module in model.named_modules():
+        if isinstance(module, _MATMULS) and not any(name.startswith(f"{o}.") for o in outer):
+            outer.append(name)
+            qconfig = layer_qconfig(name, module)
+            if qconfig is not None:
+                module.qconfig = qconfig
+                count += 1
+    return count
+
+
 def prepare_ptq(
-    model: nn.Module, qconfig: QConfig, relu_qconfig: QConfig | None = None
+    model: nn.Module,
+    qconfig: QConfig,
+    relu_qconfig: QConfig | None = None,
+    layer_qconfig: LayerQConfig | None = None,
 ) -> nn.Module:
     """Fuse (BN folded, eval mode) and insert observers, in place, ready for calibration."""
     model.eval()
     model.fuse_model(is_qat=False)
     set_relu_qconfig(model, relu_qconfig)
+    set_layer_qconfigs(model, layer_qconfig)
     return attach_observers(model, qconfig)
 
 
 def prepare_qat(
-    model: nn.Module, qconfig: QConfig, relu_qconfig: QConfig | None = None
+    model: nn.Module,
+    qconfig: QConfig,
+    relu_qconfig: QConfig | None = None,
+    layer_qconfig: LayerQConfig | None = None,
 ) -> nn.Module:
     """Fuse (BN kept trainable, train mode) and insert fake-quant modules, in place."""
     model.train()
     model.fuse_model(is_qat=True)
     set_relu_qconfig(model, relu_qconfig)
+    set_layer_qconfigs(model, layer_qconfig)
     return attach_fake_quant(model, qconfig)
 
 

@@ -201,6 +201,10 @@ def layer_table(
             outputs[dequantize] = name
         weight_scale, _ = _qparams(gm, node.args[1])
         weight_range, weight = _weight_codes(gm, node.args[1])
+        source = node.args[0]
+        input_range = (
+            (int(source.args[3]), int(source.args[4])) if _is(source, DEQUANTIZE) else None
+        )
         rows.append(
             LayerRow(
                 name=name,
@@ -213,6 +217,7 @@ def layer_table(
                 if quantize is not None
                 else None,
                 weight_range=weight_range,
+                input_range=input_range,
                 weight_int8=weight,
             )
         )

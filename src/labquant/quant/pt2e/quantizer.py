@@ -31,6 +31,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
+from labquant.quant.pt2e.inspect import module_name
 from labquant.quant.pt2e.observers import (
     PT2EPotFakeQuantize,
     PT2EPotObserver,
@@ -121,14 +122,29 @@ class PowerOfTwoQuantizer(Quantizer):
 
     def __init__(self, spec: QConfigSpec, qat: bool) -> None:
         super().__init__()
-        self.qat = qat
+        self.qat, self.spec = qat, spec
         self.act = _spec(qat, spec, signed=False)
         self.weight = _spec(qat, spec, signed=True)
+        self._layer_specs: dict[tuple[int, int], tuple[QuantizationSpec, ...]] = {}
         # A per-channel weight grid has one bias scale per channel: the bias stays float in the
         # graph and convert snaps it to each channel's grid (inspect.snap_biases).
         self.derived_bias = not spec.per_channel
         unsigned = spec.activations == "unsigned"
         self.relu_out = _spec(qat, spec, signed=False, unsigned=True) if unsigned else self.act
+
+    def _layer(self, node: Node) -> tuple[QuantizationSpec, QuantizationSpec, QuantizationSpec]:
+        """(weight, output, post-ReLU output) specs of a conv / linear: the qconfig's, or those
+        of its own widths where `qconfig.layer_bits` names it."""
+        if not self.spec.layer_bits:
+            return self.weight, self.act, self.relu_out
+        layer = self.spec.for_layer(module_name(node) or node.name)
+        key = (layer.weight_bits, layer.activation_bits)
+        if key not in self._layer_specs:
+            act = _spec(self.qat, layer, signed=False)
+            unsigned = layer.activations == "unsigned"
+            relu = _spec(self.qat, layer, signed=False, unsigned=True) if unsigned else act
+            self._layer_specs[key] = (_spec(self.qat, layer, signed=True), act, relu)
+        return self._layer_specs[key]
 
     def _input_spec(self, node: Node) -> Any:
         """An edge from an annotated producer reuses its output spec (implicit sharing: one
@@ -150,9 +166,17 @@ class PowerOfTwoQuantizer(Quantizer):
             relu = True
         return chain, relu
 
-    def _annotate_chain(self, chain: list[Node], inputs: dict[Node, Any], relu: bool) -> None:
+    def _annotate_chain(
+        self,
+        chain: list[Node],
+        inputs: dict[Node, Any],
+        relu: bool,
+        outputs: tuple[QuantizationSpec, QuantizationSpec] | None = None,
+    ) -> None:
+        """`outputs`: (output, post-ReLU output) specs, the qconfig's by default."""
         first, last = chain[0], chain[-1]
-        out = self.relu_out if relu else self.act
+        act, relu_out = outputs or (self.act, self.relu_out)
+        out = relu_out if relu else act
         first.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
         for middle in chain[1:-1]:
             middle.meta[ANNOTATION] = QuantizationAnnotation(_annotated=True)
@@ -163,7 +187,8 @@ class PowerOfTwoQuantizer(Quantizer):
 
     def _annotate_matmul(self, node: Node) -> None:
         act, weight = node.args[0], node.args[1]
-        inputs: dict[Node, Any] = {act: self._input_spec(act), weight: self.weight}
+        weight_spec, out_spec, relu_spec = self._layer(node)
+        inputs: dict[Node, Any] = {act: self._input_spec(act), weight: weight_spec}
         bias = node.args[2] if len(node.args) > 2 else None
         if isinstance(bias, Node) and self.derived_bias:
             inputs[bias] = DerivedQuantizationSpec(
@@ -175,7 +200,7 @@ class PowerOfTwoQuantizer(Quantizer):
                 qscheme=torch.per_tensor_symmetric,
             )
         chain, relu = self._output_chain(node)
-        self._annotate_chain(chain, inputs, relu)
+        self._annotate_chain(chain, inputs, relu, (out_spec, relu_spec))
 
     def _annotate_add(self, node: Node) -> None:
         operands = [a for a in node.args[:2] if isinstance(a, Node)]
