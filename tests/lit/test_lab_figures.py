@@ -85,6 +85,7 @@ def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
     if stage != "fp32":
         assert hparams["backend"] == "eager" and hparams["qconfig"] == "pot"
         assert hparams["max_shift_amount"] == results["max_shift_amount"]
+        assert (hparams["weight_bits"], hparams["granularity"]) == (8, "per_tensor")
 
 
 def test_per_class_counts_sum_to_the_test_set(tiny_lab: Path) -> None:

@@ -2,7 +2,8 @@
 
 A stage folder's `tensorboard/` is one run (conf/logger: `<run>/tensorboard`), so
 `tensorboard --logdir <lab folder>` shows FP32, PTQ and QAT side by side; the HPARAMS tab has one
-row per stage (stage, backend, qconfig, max_shift_amount | test_acc, acc_drop, size_mib), beside
+row per stage (stage, backend, qconfig and its widths and rules | test_acc, acc_drop, size_mib,
+packed_size_mib), beside
 the stage's figures and the weight histograms of its quantized layers. PTQ trains nothing, so
 this is its only TensorBoard run.
 """
@@ -23,8 +24,9 @@ from labquant.reports.curves import loss_accuracy_figure, read_epoch_metrics
 from labquant.reports.figures import qat_scales_figure, sqnr_bar_figure, stage_label
 from labquant.tasks.common import flat_hparams
 
-STAGE_HPARAMS = ("stage", "backend", "qconfig", "max_shift_amount")
-STAGE_METRICS = ("test_acc", "acc_drop", "size_mib", "val_acc", "best_val_acc")
+STAGE_HPARAMS = ("stage", "backend", "qconfig", "max_shift_amount", "weight_bits",
+                 "activation_bits", "granularity", "exponent", "range")  # fmt: skip
+STAGE_METRICS = ("test_acc", "acc_drop", "size_mib", "packed_size_mib", "val_acc", "best_val_acc")
 
 
 def stage_logger(cfg: DictConfig) -> TensorBoardLogger | None:
