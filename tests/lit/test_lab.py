@@ -46,12 +46,14 @@ def test_report_rows_follow_the_stages(lab_dir: Path) -> None:
 def test_report_md_has_the_table_and_worst_layers(lab_dir: Path) -> None:
     text = (lab_dir / "report.md").read_text()
     header = (
-        "| Model | Backend | Size (MiB) | Accuracy (%) | Accuracy Drop (pp) | Drop 95% interval "
+        "| Model | Backend | Size (MiB) | Packed (MiB) | GBitOps | Bits W/A | Accuracy (%) | "
+        "Accuracy Drop (pp) | Drop 95% interval "
         "(pp) | CPU latency batch 1 "
         "(ms) | vs best FP32, batch 1 | CPU img/s batch 256 | vs best FP32, batch 256 | qconfig |"
     )
     assert header in text
     assert "| FP32 (eager) |" in text and "| PTQ |" in text and "| QAT |" in text
+    assert "| W8/A8 |" in text  # the pot stages' widths, beside their packed size and BitOps
     assert text.count("Five worst layers") == 2
     assert "fp32/loss_accuracy.png" in text and "qat_pot/loss_accuracy.png" in text
 
