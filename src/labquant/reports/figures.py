@@ -126,10 +126,12 @@ def accuracy_size_figure(points: list[tuple[str, float, float, float | None]]) -
     sides = [(axes[0][0], 1, "model file size (MiB)", points)]
     if packed:
         sides.append((axes[0][1], 3, "packed size (MiB): weights at their width", packed))
+    colors = {point[0]: f"C{i % 10}" for i, point in enumerate(points)}  # one per row, both panels
     for ax, column, xlabel, shown in sides:
         for point in shown:
             label, acc, size = point[0], point[2], point[column]
-            ax.scatter(size, acc, s=60, marker=markers.get(label.split()[0], "o"), label=label)
+            marker = markers.get(label.split()[0], "o")
+            ax.scatter(size, acc, s=60, marker=marker, color=colors[label], label=label)
             ax.annotate(label, (size, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
