@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.quant.pot import bits_of
+from labquant.errors import ConfigError
+from labquant.quant.pot import bits_of, shifts_of
 
 SQNR_CAP_DB = 200.0  # identical outputs: a finite number keeps results.json valid JSON
 
@@ -154,14 +155,10 @@ def _shifts(scale: Any) -> int | list[int] | None:
     """n of each scale 2**-n (None where a scale is not a power of two: engine qconfigs)."""
     if scale is None:
         return None
-    values = scale if isinstance(scale, list) else [scale]
-    shifts = []
-    for value in values:
-        n = -math.log2(value) if value > 0 else math.nan
-        if not math.isfinite(n) or n != round(n):
-            return None
-        shifts.append(round(n))
-    return shifts[0] if len(set(shifts)) == 1 else shifts
+    try:
+        return shifts_of(scale, "a layer")
+    except ConfigError:
+        return None
 
 
 def measure(

@@ -83,6 +83,16 @@ def check_choice(setting: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_percentile(percentile: Any) -> float:
+    if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+        raise ConfigError(f"qconfig.percentile={percentile} is not a number; e.g. 99.99")
+    if not 0 < percentile <= 100:
+        raise ConfigError(
+            f"qconfig.percentile={percentile} must be > 0 and <= 100; e.g. qconfig.percentile=99.99"
+        )
+    return float(percentile)
+
+
 def check_bits(setting: str, bits: Any) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ConfigError(
@@ -157,10 +167,8 @@ def symmetric_zero_point(observer: Any) -> Tensor:
     FakeQuantize (and every PT2E QuantizationSpec) always does, but 128 otherwise; PTQ and QAT,
     eager and PT2E would then disagree by one.
     """
-    unsigned_range = observer.dtype in UNSIGNED_DTYPES
-    zp = (observer.quant_min + observer.quant_max + 1) // 2 if unsigned_range else 0
-    zp = 0 if observer.unsigned else zp
-    return torch.tensor([zp], dtype=torch.int64, device=observer.min_val.device)
+    device = observer.min_val.device
+    return torch.tensor([zero_point_of(observer)], dtype=torch.int64, device=device)
 
 
 def _divisor(observer: Any, zero_point: int) -> float:
@@ -314,12 +322,7 @@ class PotObserverCore:
         self.unsigned = bool(unsigned)
         self.exponent = check_choice("exponent", exponent, EXPONENT_RULES)
         self.range_method = check_choice("range", range_method, RANGE_METHODS)
-        self.percentile = float(percentile)
-        if not 0 < self.percentile <= 100:
-            raise ConfigError(
-                f"qconfig.percentile={percentile} must be > 0 and <= 100; e.g. "
-                "qconfig.percentile=99.99"
-            )
+        self.percentile = check_percentile(percentile)
         self.weights = bool(weights)
         self.one_scale = bool(one_scale)
         self.register_buffer("clamp_overflow", torch.tensor(False))  # type: ignore[attr-defined]
@@ -377,16 +380,13 @@ class PotObserverCore:
 
     def _search_weight(self, rows: Tensor) -> None:
         """The shift the range method picks from the weight itself, one per row."""
-        low, high = torch.aminmax(rows, dim=1)
-        start = integer_shift(
-            self._raw_scale(min_max_threshold(self, low, high)), self.max_shift_amount,
-            self.exponent,
-        )  # fmt: skip
         if self.range_method == "percentile":
             threshold = weight_percentile(rows, self.percentile, self.unsigned)
-            shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
         else:
-            shift = mse_shift(rows, None, start, self, zero_point_of(self))
+            threshold = min_max_threshold(self, *torch.aminmax(rows, dim=1))
+        shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
+        if self.range_method == "mse":  # the min/max shift is where the search starts
+            shift = mse_shift(rows, None, shift, self, zero_point_of(self))
         searched = self.searched_shift  # type: ignore[attr-defined]
         searched.resize_(shift.shape).copy_(shift)
 

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from labquant.errors import ConfigError
 from labquant.quant.pot import (
+    EXPONENT_RULES,
+    GRANULARITIES,
+    RANGE_METHODS,
     Bits,
     ExponentRule,
     Granularity,
@@ -24,6 +27,7 @@ from labquant.quant.pot import (
     check_bits,
     check_choice,
     check_max_shift_amount,
+    check_percentile,
     code_range,
 )
 
@@ -171,12 +175,7 @@ def power_of_two(
         ]
         entries.append((str(pattern), *widths))
     check_choice("activations", activations, ACTIVATIONS)
-    if isinstance(percentile, bool) or not isinstance(percentile, int | float):
-        raise ConfigError(f"qconfig.percentile={percentile} is not a number; e.g. 99.99")
-    if not 0 < percentile <= 100:
-        raise ConfigError(
-            f"qconfig.percentile={percentile} must be > 0 and <= 100; e.g. qconfig.percentile=99.99"
-        )
+    check_percentile(percentile)
     return QConfigSpec(
         name=name,
         engine=engine,
@@ -186,9 +185,9 @@ def power_of_two(
         snap_bias=bool(snap_bias),
         weight_bits=check_bits("weight_bits", weight_bits),
         activation_bits=check_bits("activation_bits", activation_bits),
-        granularity=check_choice("granularity", granularity, ("per_tensor", "per_channel")),
-        exponent=check_choice("exponent", exponent, ("round", "floor", "ceil")),
-        range_method=check_choice("range", range, ("minmax", "percentile", "mse")),
+        granularity=check_choice("granularity", granularity, GRANULARITIES),
+        exponent=check_choice("exponent", exponent, EXPONENT_RULES),
+        range_method=check_choice("range", range, RANGE_METHODS),
         percentile=float(percentile),
         layer_bits=tuple(entries),
     )
