@@ -1,5 +1,6 @@
-"""`labquant-report <folder>`: rebuild the report and every figure of a lab folder or of an
-ablation sweep folder from the results already there (no training, no quantization)."""
+"""`labquant-report <folder>`: rebuild the report and every figure of a lab folder, of an
+ablation sweep folder or of a quantization sweep folder from the results already there (no
+training, no quantization)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Rebuild report.md / report.json and the figures of a labquant-lab folder, "
-        "or ablation.md / .csv / _curves.png of a sweep folder, from its results.json files.",
+        "ablation.md / .csv / _curves.png of a labquant-train sweep folder, or pareto.md / .csv "
+        "/ .png of a labquant-quantize sweep folder (PTQ / QAT jobs), from its results.json "
+        "files.",
     )
     parser.add_argument("folder", help="a labquant-lab folder or a multirun sweep folder")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

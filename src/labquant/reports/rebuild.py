@@ -1,5 +1,6 @@
-"""`labquant-report <folder>`: rebuild a lab's report (or an ablation sweep's table) and every
-figure from the results already in the folder; nothing is trained or quantized.
+"""`labquant-report <folder>`: rebuild a lab's report, an ablation sweep's table or a
+quantization sweep's Pareto report, and every figure, from the results already in the folder;
+nothing is trained or quantized.
 
 The lab itself renders through `lab_rows` / `lab_notes` too, so a rebuild of an unchanged lab
 writes report.md byte for byte as the lab did.
@@ -14,9 +15,11 @@ from labquant.errors import UserError
 from labquant.reports.ablation import job_dirs, write_ablation
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.curves import plot_loss_accuracy
+from labquant.reports.pareto import write_pareto
 from labquant.reports.table import best_fp32, runtime_names, stage_row, write_lab_report
 
 FIX = "pass a labquant-lab folder (its fp32/, ptq_*/, qat_*/ hold results.json) or a sweep folder"
+QUANTIZE_STAGES = ("ptq", "qat")
 
 
 def lab_rows(stage_results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,7 +150,8 @@ def write_lab(lab_dir: Path, stage_results: dict[str, dict[str, Any]]) -> str:
 
 
 def rebuild_report(folder: Path | str) -> Path:
-    """Rebuild the report of a lab folder or of an ablation sweep folder; return the report."""
+    """Rebuild the report of a lab folder, of an ablation sweep folder (FP32 jobs: ablation.md)
+    or of a quantization sweep folder (PTQ / QAT jobs: pareto.md); return the report."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder={folder} is not a folder; {FIX}")
@@ -156,8 +160,11 @@ def rebuild_report(folder: Path | str) -> Path:
         rebuild_stage_curves(folder, stage_results)
         write_lab(folder, stage_results)
         return folder / "report.md"
-    jobs = job_dirs(folder)
-    if any(completed_results(job) is not None for job in jobs):
+    complete = [r for job in job_dirs(folder) if (r := completed_results(job)) is not None]
+    if any(results.get("stage") in QUANTIZE_STAGES for results in complete):
+        write_pareto(folder)
+        return folder / "pareto.md"
+    if complete:
         write_ablation(folder)
         return folder / "ablation.md"
     raise UserError(f"folder={folder} holds no complete results.json; {FIX}")
