@@ -12,7 +12,12 @@ from omegaconf import DictConfig
 
 from labquant import run_lock
 from labquant.config.declared import check_declared_keys
-from labquant.config.overrides import check_group_overrides, check_output_dir, single_run_dir
+from labquant.config.overrides import (
+    check_group_overrides,
+    check_output_dir,
+    single_run_dir,
+    with_option_files,
+)
 from labquant.config.resolvers import register_resolvers
 from labquant.errors import UserError
 from labquant.tasks.runner import is_global_zero, is_multirun, run_task
@@ -36,7 +41,7 @@ def run_entry_point(hydra_main: Callable[[], Any], prog: str, config_name: str) 
     tracebacks or multi-line reports); then lock a single run's folder, so that Hydra does not
     rewrite the `.hydra/` files of a run still going there, and hand over to Hydra."""
     try:
-        args = sys.argv[1:]
+        args = with_option_files(sys.argv[1:])
         check_group_overrides(args)
         check_output_dir(args)
         sys.argv[1:] = check_declared_keys(args, config_name)

@@ -9,17 +9,56 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from labquant.config.groups import group_choices
+from labquant.config.groups import group_choices, is_option_file, option_file
 from labquant.config.paths import CONF_DIR
 from labquant.errors import ConfigError
+
+SEARCHPATH = "hydra.searchpath"
+
+
+def with_option_files(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """`qconfig=<folder>/qconfig/<name>.yaml` (one choice of a sweep too) becomes
+    `qconfig=<name>` with `<folder>` on Hydra's search path: a file a run wrote (e.g.
+    labquant-sensitivity's proposal) is then chosen as Hydra chooses any option."""
+    rewritten, roots = [], []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if not sep or "(" in value or not (conf_dir / group).is_dir():
+            rewritten.append(override)
+            continue
+        choices = []
+        for choice in value.split(","):
+            if is_option_file(choice):
+                path = option_file(group, choice)
+                roots.append(f"file://{path.parent.parent.resolve()}")
+                choice = path.stem
+            choices.append(choice)
+        rewritten.append(f"{key}={','.join(choices)}")
+    if not roots:
+        return list(overrides)
+    if any(o.lstrip("+").startswith(f"{SEARCHPATH}=") for o in overrides):
+        raise ConfigError(
+            f"{SEARCHPATH} is given beside an option file; choose the option by name "
+            f"({', '.join(roots)} on {SEARCHPATH}) or drop {SEARCHPATH}"
+        )
+    return [*rewritten, f"{SEARCHPATH}=[{','.join(dict.fromkeys(roots))}]"]
+
+
+def _searched_roots(overrides: Sequence[str]) -> list[Path]:
+    """The folders a `hydra.searchpath=[file://...]` override adds (group options live there)."""
+    value = _override(overrides, SEARCHPATH) or ""
+    entries = value.strip("[]").split(",") if value else []
+    return [Path(e.strip("'\" ")[len("file://") :]) for e in entries if "file://" in e]
 
 
 def check_group_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """Refuse `model=nope` with the list of choices instead of Hydra's multi-line report.
 
     Sweep values (`model=a,b`) are checked one by one; sweep functions (`range(...)`) are left
-    to Hydra.
+    to Hydra. Options in folders on `hydra.searchpath` count as choices.
     """
+    roots = _searched_roots(overrides)
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
         if not sep or key.startswith("hydra") or "(" in value or "[" in value:
@@ -27,6 +66,7 @@ def check_group_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -
         if not (conf_dir / key).is_dir() or value in ("null", ""):
             continue
         choices = group_choices(key, conf_dir)
+        choices += [c for root in roots for c in group_choices(key, root)]
         for choice in value.split(","):
             if choice not in choices:
                 raise ConfigError(

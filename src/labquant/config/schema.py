@@ -57,6 +57,8 @@ def choice_of(group: str) -> Callable[[str], str]:
     """A name that must be a config file in conf/<group>/ (checked where that folder exists)."""
 
     def check(name: str) -> str:
+        if group == "qconfig" and name.endswith((".yaml", ".yml")):
+            return name  # a qconfig file (labquant-sensitivity's): config/groups.py checks it
         choices = sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
         if choices and name not in choices:
             raise PydanticCustomError("unknown", "is not one of {c}", {"c": ", ".join(choices)})
@@ -312,6 +314,20 @@ class LabSettings(TrainSettings):
     qconfig: QConfig = setting("pot", default=...)
 
 
+class Budget(Settings):
+    """labquant-sensitivity's budget: at most one of the two is set (none: ranking only)."""
+
+    packed_size_mib: float | None = setting(0.1, gt=0)
+    max_drop_pp: float | None = setting(1.0, gt=0)
+    name: str = setting("pot_w4a8_mixed", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class SensitivitySettings(QuantizeSettings):
+    """conf/sensitivity.yaml: per-layer sensitivity and a mixed-precision proposal."""
+
+    budget: Budget = setting({"packed_size_mib": 0.1}, default=...)
+
+
 class ExportSettings(Settings):
     """conf/export.yaml: the integer model of a power-of-two int8 stage folder."""
 
@@ -412,6 +428,7 @@ def root_model(settings: dict[str, Any]) -> type[Settings]:
     for key, model in (
         ("sections", BenchSettings),
         ("lab", LabSettings),
+        ("budget", SensitivitySettings),
         ("stage_dir", ExportSettings),
     ):
         if key in settings:

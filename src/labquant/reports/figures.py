@@ -48,14 +48,14 @@ def stage_label(results: dict[str, Any]) -> str:
     return f"{str(results.get('stage', '?')).upper()} {extra}".strip()
 
 
-def _layer_axis(ax: Any, names: Sequence[str]) -> None:
+def layer_axis(ax: Any, names: Sequence[str]) -> None:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_xlabel("quantized layer (network order)")
     ax.grid(axis="y", alpha=0.3)
 
 
-def _layer_width(count: int) -> float:
+def layer_width(count: int) -> float:
     return min(16.0, max(7.0, 0.32 * count + 3))
 
 
@@ -64,13 +64,13 @@ def sqnr_bar_figure(layers: list[dict[str, Any]], title: str) -> Figure:
     names = [layer["name"] for layer in layers]
     values = [float(layer["sqnr_db"]) for layer in layers]
     hits = [clamp_hit(layer) for layer in layers]
-    fig, ax = plt.subplots(figsize=(_layer_width(len(names)), 4.5))
+    fig, ax = plt.subplots(figsize=(layer_width(len(names)), 4.5))
     colors = [CLAMP_COLOR if hit else "tab:blue" for hit in hits]
     ax.bar(range(len(names)), values, color=colors)
     for i, hit in enumerate(hits):
         if hit:
             ax.annotate("clamp", (i, values[i]), ha="center", va="bottom", fontsize=7)
-    _layer_axis(ax, names)
+    layer_axis(ax, names)
     ax.set_ylabel("SQNR vs FP32 (dB, higher is better)")
     handles = [
         Patch(color="tab:blue", label="no clamp hit"),
@@ -150,14 +150,14 @@ def sqnr_layers_figure(models: list[tuple[str, list[dict[str, Any]]]]) -> Figure
     names: list[str] = []
     for _, layers in models:
         names += [layer["name"] for layer in layers if layer["name"] not in names]
-    fig, ax = plt.subplots(figsize=(_layer_width(len(names)), 4.8))
+    fig, ax = plt.subplots(figsize=(layer_width(len(names)), 4.8))
     for label, layers in models:
         by_name = {layer["name"]: float(layer["sqnr_db"]) for layer in layers}
         ax.plot(range(len(names)), [by_name.get(n, np.nan) for n in names], "-o", ms=3, label=label)
         hit_x = [names.index(layer["name"]) for layer in layers if clamp_hit(layer)]
         if hit_x:
             ax.scatter(hit_x, [by_name[names[i]] for i in hit_x], marker="x", color=CLAMP_COLOR)
-    _layer_axis(ax, names)
+    layer_axis(ax, names)
     ax.set_ylabel("SQNR vs FP32 (dB, higher is better)")
     ax.set_title("Per-layer SQNR of each int8 model (x: shift clamp hit)")
     ax.legend(fontsize=8)

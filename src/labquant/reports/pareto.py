@@ -198,7 +198,7 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if key == "acc_drop_ci95":
         return f"±{value:.2f}"
     if key in ("packed_size_mib", "gbitops"):
-        return _number(value, 3)
+        return _number(value, 4)
     if isinstance(value, float):
         return _number(value, 2)
     return " ".join(str(value).split()).replace("|", "/")  # one line in a table cell

@@ -22,6 +22,7 @@ from torch import nn
 from labquant.config.instantiate import instantiate
 from labquant.reports.curves import loss_accuracy_figure, read_epoch_metrics
 from labquant.reports.figures import qat_scales_figure, sqnr_bar_figure, stage_label
+from labquant.reports.sensitivity import sensitivity_figure, sensitivity_markdown
 from labquant.tasks.common import flat_hparams
 
 STAGE_HPARAMS = ("stage", "backend", "qconfig", "max_shift_amount", "weight_bits",
@@ -80,5 +81,30 @@ def log_stage(
         f"hparams/{k}": float(results[k]) for k in STAGE_METRICS if results.get(k) is not None
     }
     logger.log_hyperparams({**stage, **flat_hparams(cfg)}, metrics)
+    logger.save()
+    logger.finalize("success")
+
+
+def log_sensitivity(cfg: DictConfig, results: dict[str, Any]) -> None:
+    """labquant-sensitivity's TensorBoard run: the bar figure, the table as text, and per layer
+    the validation accuracy and logits SQNR with only it at the low width and only it at 8."""
+    logger = stage_logger(cfg)
+    if logger is None:
+        return
+    writer = logger.experiment
+    writer.add_figure("figures/sensitivity", sensitivity_figure(results), global_step=0, close=True)
+    writer.add_text("sensitivity", sensitivity_markdown(results), global_step=0)
+    for row in results["layers"]:
+        for side in ("only_low", "only_high"):
+            writer.add_scalar(f"{side}_val_acc/{row['name']}", row[side]["val_acc"], 0)
+            writer.add_scalar(f"{side}_sqnr_db/{row['name']}", row[side]["sqnr_db"], 0)
+    proposal = results.get("proposal") or {}
+    hparams = {"qconfig": results["qconfig"], "backend": results["backend"]}
+    metrics = {
+        f"hparams/proposal_{key}": float(proposal[key])
+        for key in ("val_acc", "val_drop_pp", "packed_size_mib")
+        if proposal.get(key) is not None
+    }
+    logger.log_hyperparams(hparams, metrics)
     logger.save()
     logger.finalize("success")

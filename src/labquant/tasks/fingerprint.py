@@ -47,13 +47,19 @@ NOT_RESULT_SETTINGS = (
 NOT_READ_BY_STAGE = {
     "fp32": ("lab", "quant", "qconfig", "backend"),
     "quantize": ("lab",),
+    "sensitivity": ("lab",),
     "export": (),
 }
 # Settings that name an input: recorded by its contents (a file's sha256, a stage folder's
 # results.json sha256: a stage that was redone is a new input).
 INPUT_FILES = {"ckpt_path": "{}", "stage_dir": "{}/results.json"}
 # The stage whose record each app's run writes (None: the app records no results.json).
-STAGE_OF_TASK = {"train": "fp32", "quantize": "quantize", "export": "export"}
+STAGE_OF_TASK = {
+    "train": "fp32",
+    "quantize": "quantize",
+    "export": "export",
+    "sensitivity": "sensitivity",
+}
 
 
 def _left_out(key: str, stage: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from labquant.config.groups import load_app_defaults, load_group_option
+from labquant.config.groups import is_option_file, load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.quant.backend import IntegerExporter, QuantBackend
@@ -65,6 +65,13 @@ def stage_config(
         if qconfig is not None:
             stage.qconfig = qconfig
     return stage
+
+
+def qconfig_entry(cfg: DictConfig, entry: str) -> tuple[str, DictConfig]:
+    """(stage name part, qconfig config) of a `lab.qconfigs` entry: a packaged option by name,
+    or a qconfig file (labquant-sensitivity's proposal), named by its `name:`."""
+    option = qconfig_option(cfg, entry)
+    return (str(option.get("name") or Path(entry).stem) if is_option_file(entry) else entry), option
 
 
 def qconfig_option(cfg: DictConfig, name: str) -> DictConfig:
@@ -234,7 +241,7 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     validate_settings(cfg)
     check_train_checkpoint(cfg)
     lab_dir = Path(cfg.paths.output_dir)
-    qconfigs = {name: qconfig_option(cfg, name) for name in cfg.lab.qconfigs}
+    qconfigs = dict(qconfig_entry(cfg, entry) for entry in cfg.lab.qconfigs)
     backends = {name: lab_backend(cfg, name) for name in cfg.lab.backends}
     layers = quantizable_layers(instantiate(cfg.model, "model"))
     for name, option in qconfigs.items():
