@@ -1,5 +1,7 @@
-"""What the tiny lab shows: its PNGs, each stage's TensorBoard run (figures, histograms, one
-HPARAMS row), the per-class table, and `labquant-report` rebuilding report.md byte for byte."""
+"""What the tiny lab shows: its PNGs, the uncertainty they state (the test set's size, one
+image's worth), each stage's TensorBoard run (figures, histograms, one HPARAMS row), the QAT
+scale heat map in network order, the per-class table, and `labquant-report` rebuilding
+report.md byte for byte."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from labquant.cli.report import main as report_main
+from labquant.reports.curves import read_epoch_metrics
+from labquant.reports.figures import qat_scales_figure
 from labquant.reports.lab_figures import per_class_table
 
 NUM_TEST = 400  # TINY's data.num_test
@@ -42,6 +46,31 @@ def test_lab_png_has_its_size_and_is_not_blank(
     assert image.shape[1] == width if width else 7 * DPI <= image.shape[1] <= 16 * DPI
     assert image.std() > 20  # a white canvas has 0; text, axes and bars lift it well above
     assert f"]({name})" in (tiny_lab / "report.md").read_text()  # embedded, relative
+
+
+def test_lab_figures_say_how_large_one_image_is(tiny_lab: Path) -> None:
+    report = (tiny_lab / "report.md").read_text()
+    stages = [json.loads((tiny_lab / d / "results.json").read_text()) for d in ("ptq_pot", "fp32")]
+    assert {r["test_images"] for r in stages} == {NUM_TEST}
+    # accuracy_size.png's caption, repeated under it in report.md
+    assert "95 % paired interval of each int8 model's accuracy drop against FP32" in report
+    assert f"on {NUM_TEST} test images; one image = 0.25 pp" in report
+    # per_class.png's: 10 classes of the 400 images, not all equal in a random split
+    assert "test images per class: one image is" in report and "Wilson 95 %" in report
+
+
+def test_qat_scales_rows_follow_the_lab_layers(tiny_lab: Path) -> None:
+    series = read_epoch_metrics(tiny_lab / "qat_pot/metrics.csv")
+    layers = [layer["name"] for layer in json.loads(
+        (tiny_lab / "qat_pot/results.json").read_text())["layers"]]  # fmt: skip
+    fig = qat_scales_figure(series, "QAT", order=layers)
+    assert fig is not None
+    rows = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    owners = [max((i for i, n in enumerate(layers) if r == n or r.startswith(n + ".")),
+                  key=lambda i: len(layers[i]), default=None) for r in rows]  # fmt: skip
+    placed = [i for i in owners if i is not None]
+    assert placed == sorted(placed) and set(placed) == set(range(len(layers)))
+    assert rows[0].startswith("quant.")  # the input's quantizer before the first conv
 
 
 def read_run(stage_dir: Path) -> EventAccumulator:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from labquant.reports.figures import (
+    accuracy_size_caption,
     accuracy_size_figure,
     per_class_accuracy,
+    per_class_caption,
     per_class_figure,
     save_figure,
     sqnr_layers_figure,
@@ -27,6 +29,14 @@ def int8_stages(rows: list[dict[str, Any]], stage_results: dict[str, dict[str, A
         for row in rows
         if row["stage"] != "fp32" and row["dir"] in stage_results and not row.get("runtime")
     ]
+
+
+def tested_images(
+    rows: list[dict[str, Any]], stage_results: dict[str, dict[str, Any]]
+) -> list[int]:
+    """The test-set sizes the rows were measured on (results.json `test_images`; one in a lab)."""
+    sizes = {stage_results.get(row["dir"], {}).get("test_images") for row in rows}
+    return sorted(int(n) for n in sizes if n)
 
 
 def per_class_table(
@@ -71,20 +81,24 @@ def write_lab_figures(
     """Write the three lab figures; return report.md sections by name (markdown lines)."""
     lab_dir = Path(lab_dir)
     sections: dict[str, list[str]] = {}
+    shown = [row for row in rows if not row.get("runtime")]
     points = [
         (
             stage_label(stage_results.get(row["dir"], row)),
             row["size_mib"],
             row["test_acc"],
             row.get("packed_size_mib"),
+            row.get("acc_drop_ci95") if row["stage"] != "fp32" else None,
         )
-        for row in rows
-        if not row.get("runtime")
+        for row in shown
     ]
-    save_figure(accuracy_size_figure(points), lab_dir / ACCURACY_SIZE)
+    images = tested_images(shown, stage_results)
+    save_figure(accuracy_size_figure(points, images), lab_dir / ACCURACY_SIZE)
     sections["accuracy_size"] = [
-        f"![Test accuracy against model file size and packed size, one point per row]"
-        f"({ACCURACY_SIZE})",
+        f"![Test accuracy against model file size and packed size, one point per row, each "
+        f"int8 point with the 95 % interval of its drop]({ACCURACY_SIZE})",
+        "",
+        accuracy_size_caption(images),
         "",
     ]
     models = [
@@ -100,9 +114,8 @@ def write_lab_figures(
         ]
     table = per_class_table(rows, stage_results)
     if table is not None:
-        fig = per_class_figure(
-            table["classes"], table["fp32"], [(m["label"], m["acc"]) for m in table["models"]]
-        )
+        accuracies = [(m["label"], m["acc"]) for m in table["models"]]
+        fig = per_class_figure(table["classes"], table["fp32"], accuracies, counts=table["counts"])
         save_figure(fig, lab_dir / PER_CLASS)
         sections["per_class"] = [
             "## Per-class test accuracy",
@@ -113,7 +126,7 @@ def write_lab_figures(
             "",
             "Drop = FP32 - int8 accuracy of the class in percentage points, FP32 evaluated on "
             "the CPU beside each int8 model; confusion matrices are in each stage's "
-            "results.json (`confusion`).",
+            "results.json (`confusion`). " + per_class_caption(table["counts"]),
             "",
         ]
     return sections

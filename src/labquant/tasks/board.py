@@ -45,7 +45,8 @@ def stage_figures(results: dict[str, Any], metrics_csv: Path | None) -> dict[str
         figures["loss_accuracy"] = loss_accuracy_figure(series, f"{label}: loss and accuracy")
     if results.get("layers"):
         figures["sqnr_layers"] = sqnr_bar_figure(results["layers"], f"{label}: per-layer SQNR")
-    scales = qat_scales_figure(series, f"{label}: fake-quant scales over QAT epochs")
+    order = [layer["name"] for layer in results.get("layers") or []]  # network order
+    scales = qat_scales_figure(series, f"{label}: fake-quant scales over QAT epochs", order)
     if scales is not None:
         figures["qat_scales"] = scales
     return figures
