@@ -133,12 +133,12 @@ def test_write_pareto_table_csv_and_notes(tmp_path: Path) -> None:
         "95% interval (pp) | packed (MiB) | GBitOps | Pareto size | Pareto BitOps | status |"
     )
     assert header in text
-    best = "| 1 | pot_mse | ptq | eager | W8/A8 | 69.00 | 1.00 | ±0.50 | 0.200 | 40.000 | yes |"
+    best = "| 1 | pot_mse | ptq | eager | W8/A8 | 69.00 | 1.00 | ±0.50 | 0.2000 | 40.0000 | yes |"
     assert f"{best} yes | ok |" in text
     mixed = "| 4 | pot_mixed | ptq | eager | mixed (W4/A8 + 3 layers) | 67.50 | 2.50 | ±0.50 |"
-    assert f"{mixed} 0.150 | - | yes | - | ok |" in text
+    assert f"{mixed} 0.1500 | - | yes | - | ok |" in text
     assert (
-        "| 0 | pot | ptq | eager | W8/A8 | 68.50 | 1.50 | ±0.50 | 0.200 | 40.000 | no | no |"
+        "| 0 | pot | ptq | eager | W8/A8 | 68.50 | 1.50 | ±0.50 | 0.2000 | 40.0000 | no | no |"
         in text
     )
     assert "| FAILED: RuntimeError: boom second / line |" in text  # one line in its cell

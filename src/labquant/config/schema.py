@@ -321,6 +321,16 @@ class Budget(Settings):
     max_drop_pp: float | None = setting(1.0, gt=0)
     name: str = setting("pot_w4a8_mixed", pattern=r"^[A-Za-z0-9_.-]+$")
 
+    @model_validator(mode="after")
+    def _one_budget(self) -> Budget:
+        if self.packed_size_mib is not None and self.max_drop_pp is not None:
+            raise cross_field_error(
+                "max_drop_pp",
+                "is set beside {group}packed_size_mib",
+                "set one of them (the proposal reports the other)",
+            )
+        return self
+
 
 class SensitivitySettings(QuantizeSettings):
     """conf/sensitivity.yaml: per-layer sensitivity and a mixed-precision proposal."""

@@ -56,8 +56,8 @@ def sensitivity_markdown(results: dict[str, Any]) -> str:
             f"## Proposal under the budget: `{proposal['name']}`",
             "",
             f"- Budget: {_budget(results['budget'])}; search: {proposal['method']}.",
-            f"- {len(proposal['low'])} layers at {low}: {', '.join(proposal['low']) or 'none'}.",
-            f"- {len(proposal['high'])} layers at W8/A8: {', '.join(proposal['high']) or 'none'}.",
+            f"- {_layers(proposal['low'])} at {low}: {', '.join(proposal['low']) or 'none'}.",
+            f"- {_layers(proposal['high'])} at W8/A8: {', '.join(proposal['high']) or 'none'}.",
             f"- Packed {proposal['packed_size_mib']:.4f} MiB "
             f"({proposal['packed_size_mib'] / uniform['high']['packed_size_mib']:.3f} of uniform "
             f"W8/A8); validation accuracy {proposal['val_acc']:.2f} % (drop "
@@ -75,6 +75,10 @@ def sensitivity_markdown(results: dict[str, Any]) -> str:
             )
             lines.append(f"- Steps (layer lowered, validation drop in pp): {tried}.")
     return "\n".join(lines) + "\n"
+
+
+def _layers(names: list[str]) -> str:
+    return f"{len(names)} layer{'' if len(names) == 1 else 's'}"
 
 
 def _budget(budget: dict[str, Any]) -> str:

@@ -13,8 +13,10 @@ as a qconfig YAML that `qconfig=<file>` and `lab.qconfigs=[<file>]` accept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,12 +116,6 @@ def check_sensitivity_inputs(cfg: DictConfig, low: QConfigSpec) -> None:
         raise ConfigError(
             "qconfig.layer_bits is what labquant-sensitivity proposes; leave it unset here"
         )
-    budget = cfg.get("budget") or {}
-    if budget.get("packed_size_mib") is not None and budget.get("max_drop_pp") is not None:
-        raise ConfigError(
-            "budget.packed_size_mib and budget.max_drop_pp are both set; set one of them "
-            "(the other is reported for the proposal)"
-        )
 
 
 def layer_choices(net: nn.Module, low: QConfigSpec, damage: dict[str, float]) -> list[LayerChoice]:
@@ -149,7 +145,8 @@ class Probe:
         self.cache: dict[QConfigSpec, Score] = {}
 
     def quantize(self, spec: QConfigSpec) -> tuple[nn.Module, Any]:
-        tuned = calibrate(self.cfg, replace(self.inputs, qconfig=spec))
+        with quiet_trainers():  # dozens of PTQ runs: one log line each, not Lightning's banner
+            tuned = calibrate(self.cfg, replace(self.inputs, qconfig=spec))
         return tuned.prepared, self.inputs.backend.convert(tuned.prepared, spec, self.inputs.batch)
 
     def score_of(self, int8: Any) -> Score:
@@ -161,6 +158,18 @@ class Probe:
         if spec not in self.cache:
             self.cache[spec] = self.score_of(self.quantize(spec)[1])
         return self.cache[spec]
+
+
+@contextlib.contextmanager
+def quiet_trainers() -> Iterator[None]:
+    """Lightning's per-Trainer info lines (accelerators found, tips) off for a while."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @torch.inference_mode()
@@ -363,6 +372,7 @@ def sensitivity(cfg: DictConfig) -> dict[str, Any]:
 
 def _summary(proposal: dict[str, Any]) -> str:
     return (
-        f"{len(proposal['low'])} layers low, {len(proposal['high'])} at 8 bits, packed "
+        f"{len(proposal['low'])} of {len(proposal['low']) + len(proposal['high'])} layers low, "
+        f"packed "
         f"{proposal['packed_size_mib']} MiB, validation drop {proposal['val_drop_pp']} pp"
     )
