@@ -25,7 +25,12 @@ def option(tmp_path: Path) -> Path:
 def test_a_file_choice_becomes_its_name_with_its_folder_on_the_search_path(option):
     root = option.parent.parent.resolve()
     args = with_option_files(["-m", f"qconfig=pot,{option}", "model=small"])
-    assert args == ["-m", "qconfig=pot,my_mixed", "model=small", f"hydra.searchpath=[file://{root}]"]
+    assert args == [
+        "-m",
+        "qconfig=pot,my_mixed",
+        "model=small",
+        f"hydra.searchpath=[file://{root}]",
+    ]
     check_group_overrides(args)  # my_mixed is a choice now: no error
     with pytest.raises(ConfigError, match="unknown qconfig=my_mixed"):
         check_group_overrides(["qconfig=my_mixed"])  # not without the search path
