@@ -27,8 +27,10 @@ def sensitivity_markdown(results: dict[str, Any]) -> str:
         f"Scored on the validation split ({results['val_images']} images, one image = "
         f"{100 / results['val_images']:.2f} pp), never on the test set. FP32 validation "
         f"accuracy {results['fp32_val_acc']:.2f} %; uniform W8/A8 {uniform['high']['val_acc']:.2f} "
-        f"% ({uniform['high']['packed_size_mib']:.4f} MiB packed), uniform {low} "
-        f"{uniform['low']['val_acc']:.2f} % ({uniform['low']['packed_size_mib']:.4f} MiB).",
+        f"% (logits SQNR {uniform['high']['sqnr_db']:.1f} dB, "
+        f"{uniform['high']['packed_size_mib']:.4f} MiB packed), uniform {low} "
+        f"{uniform['low']['val_acc']:.2f} % ({uniform['low']['sqnr_db']:.1f} dB, "
+        f"{uniform['low']['packed_size_mib']:.4f} MiB).",
         "",
         f"| rank | layer | {low} alone: val acc (%) | drop vs W8/A8 (pp) | logits SQNR (dB) | "
         f"8-bit alone: val acc (%) | gain vs {low} (pp) | logits SQNR (dB) | saves (bytes) |",
@@ -107,14 +109,20 @@ def sensitivity_figure(results: dict[str, Any]) -> Figure:
     top.set_ylabel("validation accuracy (pp)")
     one_image = 100 / results["val_images"]
     top.set_title(
-        f"{results['model']} {results['qconfig']}: drop with only this layer at {low} (red), "
-        f"gain with only it at W8/A8 (green); one image = {one_image:.2f} pp"
+        f"{results['model']} {results['qconfig']}: validation drop with only this layer at "
+        f"{low} (red)\nand gain with only it at W8/A8 (green); one image = {one_image:.2f} pp",
+        fontsize=10,
     )
     top.grid(axis="y", alpha=0.3)
     bottom.plot(x, [row["only_low"]["sqnr_db"] for row in rows], "o-", color="tab:red",
                 label=f"only this layer at {low}")  # fmt: skip
     bottom.plot(x, [row["only_high"]["sqnr_db"] for row in rows], "s-", color="tab:green",
                 label="only this layer at W8/A8")  # fmt: skip
+    uniform = results["uniform"]
+    bottom.axhline(uniform["high"]["sqnr_db"], color="tab:green", ls="--", lw=0.8,
+                   label="uniform W8/A8")  # fmt: skip
+    bottom.axhline(uniform["low"]["sqnr_db"], color="tab:red", ls="--", lw=0.8,
+                   label=f"uniform {low}")  # fmt: skip
     bottom.set_ylabel("logits SQNR vs FP32 (dB)")
     bottom.legend(fontsize=8, title="hatched: lowered by the proposal" if lowered else None)
     layer_axis(bottom, names)
