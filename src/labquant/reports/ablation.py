@@ -176,12 +176,24 @@ def write_ablation(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class AblationTableCallback(Callback):
-    """Hydra callback: keeps the sweep's ablation table current."""
+class SweepReportCallback(Callback):
+    """Hydra callback that keeps a sweep folder's report current: after every job (a failing or
+    killed job never loses the rows before it) and once more at the end of the multirun.
+    Subclasses name the report's writer."""
+
+    @staticmethod
+    def write(sweep_dir: Path) -> Any:
+        raise NotImplementedError
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
-            write_ablation(Path(config.hydra.sweep.dir))
+            self.write(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_ablation(Path(config.hydra.sweep.dir))
+        self.write(Path(config.hydra.sweep.dir))
+
+
+class AblationTableCallback(SweepReportCallback):
+    """Keeps the sweep's ablation table current."""
+
+    write = staticmethod(write_ablation)

@@ -22,14 +22,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from labquant.config.resolvers import register_resolvers
-from labquant.reports.ablation import job_dirs
+from labquant.reports.ablation import SweepReportCallback, job_dirs
 from labquant.reports.artifacts import read_json, write_atomic, write_text
 
 PARETO_MD = "pareto.md"
@@ -359,12 +357,7 @@ def write_pareto(sweep_dir: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
-class ParetoCallback(Callback):
-    """Hydra callback: keeps a quantization sweep's Pareto report current (multirun only)."""
+class ParetoCallback(SweepReportCallback):
+    """Keeps a quantization sweep's Pareto report current (multirun only)."""
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            write_pareto(Path(config.hydra.sweep.dir))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_pareto(Path(config.hydra.sweep.dir))
+    write = staticmethod(write_pareto)
