@@ -6,8 +6,6 @@ before it) and once more at the end of the multirun.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from labquant.config.resolvers import register_resolvers
-from labquant.reports.artifacts import read_json, write_atomic, write_text
+from labquant.reports.artifacts import read_json, write_atomic, write_csv, write_text
 from labquant.reports.curves import read_epoch_metrics
 
 COLUMNS = (
@@ -114,14 +112,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(["# Ablation", "", *lines, "", *(f"- {n}" for n in notes), ""])
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
 def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> None:
     """Left: validation accuracy per epoch of every job; right: each row's best and final
     validation accuracy as bars, in the table's order."""
@@ -171,7 +161,7 @@ def write_ablation(sweep_dir: Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = [job_row(job_dir) for job_dir in job_dirs(sweep_dir)]
     write_text(sweep_dir / "ablation.md", markdown(rows))
-    write_csv(sweep_dir / "ablation.csv", rows)
+    write_csv(sweep_dir / "ablation.csv", rows, COLUMNS)
     plot_curves(sweep_dir, rows, sweep_dir / "ablation_curves.png")
     return rows
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,6 +66,15 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
+    """`rows` as CSV with the `fields` columns (other keys left out), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def read_json(path: Path) -> Any:

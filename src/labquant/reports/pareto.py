@@ -10,8 +10,6 @@ for byte (no clock, no absolute path, a PNG without a Software tag).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -28,7 +26,7 @@ from omegaconf import OmegaConf
 
 from labquant.config.resolvers import register_resolvers
 from labquant.reports.ablation import SweepReportCallback, job_dirs
-from labquant.reports.artifacts import read_json, write_atomic, write_text
+from labquant.reports.artifacts import read_json, write_atomic, write_csv, write_text
 
 PARETO_MD = "pareto.md"
 PARETO_CSV = "pareto.csv"
@@ -256,14 +254,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*body, *(f"- {note}" for note in notes(rows)), ""])
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
 def point_labels(rows: list[dict[str, Any]]) -> list[str]:
     """qconfig, plus the stage (and backend) when the sweep mixes them."""
     stages = {row["stage"] for row in rows}
@@ -352,7 +342,7 @@ def write_pareto(sweep_dir: Path | str) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     write_text(sweep_dir / PARETO_MD, markdown(rows))
-    write_csv(sweep_dir / PARETO_CSV, rows)
+    write_csv(sweep_dir / PARETO_CSV, rows, CSV_FIELDS)
     write_figure(rows, sweep_dir / PARETO_PNG)
     return rows
 
