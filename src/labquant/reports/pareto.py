@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from omegaconf import OmegaConf
 from labquant.config.resolvers import register_resolvers
 from labquant.reports.ablation import SweepReportCallback, job_dirs
 from labquant.reports.artifacts import read_json, write_atomic, write_csv, write_text
+from labquant.reports.table import bits_label
 
 PARETO_MD = "pareto.md"
 PARETO_CSV = "pareto.csv"
@@ -79,26 +79,6 @@ def pareto_optimal(points: Sequence[tuple[float | None, float | None]]) -> list[
         )
         marks.append(not dominated)
     return marks
-
-
-def bits_label(results: dict[str, Any]) -> str | None:
-    """`W4/A8` (`W4pc/A8` with per-channel weights, as the lab report writes it), or for a
-    mixed-precision qconfig `mixed (W4/A8 + 3 layers)`: the defaults and the layers that
-    `layer_bits` gives other widths."""
-    weight, activation = results.get("weight_bits"), results.get("activation_bits")
-    if weight is None or activation is None:
-        return None
-    per_channel = "pc" if results.get("granularity") == "per_channel" else ""
-    widths = f"W{weight}{per_channel}/A{activation}"
-    layer_bits = results.get("layer_bits")
-    if not layer_bits:
-        return widths
-    names = [layer["name"] for layer in results.get("layers") or [] if "name" in layer]
-    if names:
-        count = sum(any(fnmatchcase(name, pattern) for pattern in layer_bits) for name in names)
-        return f"mixed ({widths} + {count} layer{'' if count == 1 else 's'})"
-    count = len(layer_bits)
-    return f"mixed ({widths} + {count} layer_bits entr{'y' if count == 1 else 'ies'})"
 
 
 def _job_settings(job_dir: Path) -> dict[str, Any]:

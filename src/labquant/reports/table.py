@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def stage_row(
         "size_mib": results["size_mib"],
         # The weights at their declared width plus biases, shifts and zero points (quant/layers).
         "packed_size_mib": results.get("packed_size_mib"),
-        "bits": _bits(results),
+        "bits": bits_label(results),
         "gbitops": round(results["bitops"] / 1e9, 3) if results.get("bitops") else None,
         "test_acc": test_acc,
         "acc_drop": round(results["fp32_test_acc"] - test_acc, 4)
@@ -85,13 +86,24 @@ def stage_row(
     return row
 
 
-def _bits(results: dict[str, Any]) -> str | None:
-    """`W4/A8` and the weight granularity when it is per channel (`W4pc/A8`)."""
+def bits_label(results: dict[str, Any]) -> str | None:
+    """`W4/A8` (`W4pc/A8` with per-channel weights, as the lab report writes it), or for a
+    mixed-precision qconfig `mixed (W4/A8 + 3 layers)`: the defaults and the layers that
+    `layer_bits` gives other widths."""
     weight, activation = results.get("weight_bits"), results.get("activation_bits")
     if weight is None or activation is None:
         return None
     per_channel = "pc" if results.get("granularity") == "per_channel" else ""
-    return f"W{weight}{per_channel}/A{activation}"
+    widths = f"W{weight}{per_channel}/A{activation}"
+    layer_bits = results.get("layer_bits")
+    if not layer_bits:
+        return widths
+    names = [layer["name"] for layer in results.get("layers") or [] if "name" in layer]
+    if names:
+        count = sum(any(fnmatchcase(name, pattern) for pattern in layer_bits) for name in names)
+        return f"mixed ({widths} + {count} layer{'' if count == 1 else 's'})"
+    count = len(layer_bits)
+    return f"mixed ({widths} + {count} layer_bits entr{'y' if count == 1 else 'ies'})"
 
 
 def runtime_names(results: dict[str, Any]) -> list[str]:
