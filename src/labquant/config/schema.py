@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from labquant.config import paths
+from labquant.config.groups import is_option_file
 from labquant.errors import ConfigError
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -57,8 +58,8 @@ def choice_of(group: str) -> Callable[[str], str]:
     """A name that must be a config file in conf/<group>/ (checked where that folder exists)."""
 
     def check(name: str) -> str:
-        if group == "qconfig" and name.endswith((".yaml", ".yml")):
-            return name  # a qconfig file (labquant-sensitivity's): config/groups.py checks it
+        if is_option_file(name):
+            return name  # a file (labquant-sensitivity's qconfig): config/groups.py checks it
         choices = sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
         if choices and name not in choices:
             raise PydanticCustomError("unknown", "is not one of {c}", {"c": ", ".join(choices)})

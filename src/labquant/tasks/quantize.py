@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,16 @@ class Tuned:
     writes: bool = True  # False on DDP ranks other than 0: rank 0 converts, tests and writes
 
 
-def load_inputs(cfg: DictConfig) -> StageInputs:
-    """Settings, qconfig and backend (mode included), the FP32 checkpoint and the data."""
+# A task's own checks of what load_inputs loaded, run before the FP32 reference is evaluated.
+InputsCheck = Callable[[QConfigSpec, nn.Module, TensorImageDataModule], None]
+
+
+def load_inputs(
+    cfg: DictConfig, reference_split: str = "test", check: InputsCheck | None = None
+) -> StageInputs:
+    """Settings, qconfig and backend (mode included), the FP32 checkpoint and the data, and the
+    FP32 network evaluated on `reference_split` (labquant-sensitivity: "val", never the test
+    set); `check` adds a task's own checks before that evaluation."""
     validate_settings(cfg)
     qconfig: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
     qconfig.check_layers(quantizable_layers(instantiate(cfg.model, "model")))
@@ -88,7 +97,9 @@ def load_inputs(cfg: DictConfig) -> StageInputs:
     dm.setup("fit")
     check_batch_size(dm)
     fp32_net = load_fp32_net(cfg, checkpoint)
-    fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader())
+    if check is not None:
+        check(qconfig, fp32_net, dm)
+    fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader(reference_split))
     batch = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
     return StageInputs(qconfig, backend, dm, fp32_net, fp32_eval, batch)
 

@@ -14,6 +14,7 @@ as a qconfig YAML that `qconfig=<file>` and `lab.qconfigs=[<file>]` accept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -21,18 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from labquant.checkpoints import load_checkpoint
-from labquant.config.instantiate import instantiate
-from labquant.config.schema import validate_settings
 from labquant.data.augment import normalize
 from labquant.data.tensors import TensorImageDataModule
 from labquant.errors import ConfigError
-from labquant.quant.backend import QuantBackend
 from labquant.quant.layers import (
     packed_bytes,
     packed_size_mib,
@@ -53,11 +49,9 @@ from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import write_json, write_text
 from labquant.reports.sensitivity import sensitivity_markdown, write_figure
 from labquant.tasks.board import log_sensitivity
-from labquant.tasks.checks import check_batch_size
 from labquant.tasks.common import model_name
-from labquant.tasks.evaluate import Evaluation
 from labquant.tasks.fingerprint import settings_record
-from labquant.tasks.quantize import FIX_CKPT, StageInputs, calibrate, load_fp32_net
+from labquant.tasks.quantize import StageInputs, calibrate, load_inputs
 
 log = logging.getLogger(__name__)
 HIGH_BITS = 8
@@ -181,34 +175,29 @@ def logits_of(model: Any, images: Tensor, batch_size: int = 500) -> Tensor:
     ).float()
 
 
-def load_sensitivity_inputs(cfg: DictConfig) -> tuple[StageInputs, tuple[Tensor, Tensor]]:
-    """Settings, qconfig, backend, the FP32 checkpoint and the data, all checked before any
-    work; the validation split is what every variant is scored on."""
-    validate_settings(cfg)
-    low: QConfigSpec = instantiate(cfg.qconfig, "qconfig")
+def check_sensitivity_data(
+    cfg: DictConfig, low: QConfigSpec, fp32_net: nn.Module, dm: TensorImageDataModule
+) -> None:
+    """Before any work: the settings the pass needs, a size budget the network can reach (from
+    the FP32 network's shapes) and a validation split to score on."""
     check_sensitivity_inputs(cfg, low)
-    backend: QuantBackend = instantiate(cfg.backend, "backend")
-    backend.check(low, "ptq")
-    checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
-    fp32_net = load_fp32_net(cfg, checkpoint)
     if cfg.budget.get("packed_size_mib") is not None:
         check_size_budget(layer_choices(fp32_net, low, {}), float(cfg.budget.packed_size_mib))
-    pl.seed_everything(cfg.seed, workers=True)
-    dm: TensorImageDataModule = instantiate(cfg.data, "data")
-    dm.prepare_data()
-    dm.setup("fit")
-    check_batch_size(dm)
-    val = dm.arrays("val")
-    if len(val[1]) < 2:
+    images = len(dm.arrays("val")[1])
+    if images < 2:
         raise ConfigError(
-            f"data.val_size={cfg.data.val_size} leaves {len(val[1])} validation images; "
+            f"data.val_size={cfg.data.val_size} leaves {images} validation images; "
             "labquant-sensitivity scores every layer on the validation split: set "
             "data.val_size=500 (or 0.1)"
         )
-    batch = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
-    fp32_val = Evaluation(0.0, 0.0, [], torch.zeros(0, dtype=torch.bool))  # not needed here
-    inputs = StageInputs(low, backend, dm, fp32_net, fp32_val, batch)
-    return inputs, (val[0].cpu(), val[1].cpu())
+
+
+def load_sensitivity_inputs(cfg: DictConfig) -> tuple[StageInputs, tuple[Tensor, Tensor]]:
+    """What a PTQ stage loads (quantize.load_inputs), with the FP32 reference evaluated on the
+    validation split, the split every variant is scored on."""
+    inputs = load_inputs(cfg, "val", functools.partial(check_sensitivity_data, cfg))
+    images, labels = inputs.data.arrays("val")
+    return inputs, (images.cpu(), labels.cpu())
 
 
 def layer_rows(
@@ -314,7 +303,7 @@ def sensitivity(cfg: DictConfig) -> dict[str, Any]:
     low = inputs.qconfig
     names = quantizable_layers(inputs.fp32_net)
     probe = Probe(cfg, inputs, val)
-    fp32_acc = probe.score_of(inputs.fp32_net).acc
+    fp32_acc = round(inputs.fp32_eval.acc, 4)  # on the validation split
     base = {"high": probe(uniform(low, HIGH_BITS, HIGH_BITS)), "low": probe(low)}
     rows = layer_rows(probe, low, names, base)
     damage = {row["name"]: row["damage"] for row in rows}
