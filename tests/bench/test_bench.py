@@ -15,6 +15,8 @@ from labquant.tasks.bench.report import check_targets, parse_target
 from labquant.tasks.bench.run import effective_settings
 from tests.conftest import REPO_ROOT, compose_config
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 TINY_BENCH = [
     "augment.images=512",
     "augment.batch_size=128",

@@ -14,6 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from labquant.config.paths import CONF_DIR
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 BIN = Path(sys.executable).parent
 TINY_SWEEP = [
     "data=synthetic",
@@ -82,7 +84,7 @@ def test_one_command_runs_six_jobs_into_one_table(basic_sweep: Path) -> None:
     markdown = (basic_sweep / "ablation.md").read_text()
     assert markdown.count("| ok |") == 6
     assert (basic_sweep / "ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert all(any((basic_sweep / j / "tensorboard").glob("events.*")) for j in jobs)
+    assert all(any((basic_sweep / j).glob("events.out.tfevents.*")) for j in jobs)
 
 
 def test_step_row_is_scaled_to_a_short_budget_and_says_so(basic_sweep: Path) -> None:

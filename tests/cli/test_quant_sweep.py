@@ -14,6 +14,8 @@ import pytest
 from labquant.reports.pareto import pareto_optimal
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 BIN = Path(sys.executable).parent
 MIXED = """_target_: labquant.quant.qconfigs.power_of_two
 name: tiny_mixed

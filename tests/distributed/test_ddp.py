@@ -26,6 +26,8 @@ from labquant.tasks.evaluate import evaluate
 from tests.conftest import SHORTEST_LAB, TINY
 from tests.reliability.runs import LAB, QUANTIZE, TRAIN, assert_ok, results, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
@@ -123,9 +125,12 @@ def test_two_process_test_accuracy_is_the_single_process_one_exactly(ddp_fp32_ru
     accuracy, _ = evaluate(net, dm.eval_dataloader())
     assert got["test_acc"] == round(accuracy, 4)  # results.json keeps 4 decimals
     # rank 1 wrote nothing of its own but the log Lightning's Hydra integration gives it
-    assert {p.name for p in ddp_fp32_run.iterdir()} <= {
+    events = [p.name for p in ddp_fp32_run.glob("events.out.tfevents.*")]
+    assert len({name.split(".")[-2] for name in events}) == 1  # <time>.<host>.<pid>.<n>: one pid
+    names = {p.name for p in ddp_fp32_run.iterdir() if p.name not in events}
+    assert names <= {
         "checkpoints",
-        "tensorboard",
+        "hparams.yaml",
         "metrics.csv",
         "results.json",
         "loss_accuracy.png",

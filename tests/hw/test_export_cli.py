@@ -16,6 +16,8 @@ from labquant.cli.app import run_job
 from labquant.errors import ConfigError
 from labquant.tasks.export import export
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 
 def export_cfg(tmp_path, **overrides):
     cfg = {

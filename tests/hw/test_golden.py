@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from labquant.hw import reference
 from labquant.hw.golden import CHECKER_FILE, GOLDEN_FILE, write_golden
 from labquant.quant.eager.integer import integer_program
 from tests.hw.test_integer_reference import converted
+
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
 
 
 def test_checker_passes_on_reference_outputs_and_fails_on_one_changed_code(tmp_path) -> None:

@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 
 @pytest.mark.slow
 def test_compile_true_trains_through_the_compiled_module(compose_train, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 from pathlib import Path
 
@@ -57,13 +58,16 @@ def test_run_folder_holds_logs_checkpoints_and_plot(finished_run: tuple[dict, Pa
     png = out / "loss_accuracy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ("train/loss", "train/acc", "val/loss", "val/acc", "lr-SGD"):
+    for column in ("train/loss", "train/acc", "val/loss", "val/acc", "train/lr"):
         assert column in header
+    with open(out / "metrics.csv", newline="") as handle:
+        accuracies = [float(v) for row in csv.DictReader(handle) if (v := row["val/acc"])]
+    assert accuracies and max(accuracies) > 1  # percent, as in results.json, not a fraction
 
 
 def test_tensorboard_has_scalars_and_hparams(finished_run: tuple[dict, Path]) -> None:
     _, out = finished_run
-    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = list(out.glob("events.out.tfevents.*"))  # in the run folder: the run is named by it
     assert events
     tags: set[str] = set()
     plugins: set[str] = set()
@@ -73,5 +77,6 @@ def test_tensorboard_has_scalars_and_hparams(finished_run: tuple[dict, Path]) ->
         tags |= set(acc.Tags()["scalars"])
         with contextlib.suppress(KeyError):  # this event file holds no hparams
             plugins |= set(acc.PluginTagToContent("hparams"))
-    assert {"train/loss", "val/acc", "hparams/test_acc"} <= tags
+    assert {"train/loss", "val/acc", "train/lr", "results/test_acc"} <= tags
+    assert not tags & {"epoch", "test/images"}  # in metrics.csv only
     assert plugins  # the hparams tab's session data

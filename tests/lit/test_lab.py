@@ -11,6 +11,8 @@ import torch
 from labquant.tasks.lab import run_lab
 from tests.conftest import SHORTEST_LAB, TINY, TINY_LAB, compose_config
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 LAB = TINY_LAB
 
 

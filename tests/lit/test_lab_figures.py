@@ -1,5 +1,6 @@
 """What the tiny lab shows: its PNGs, the uncertainty they state (the test set's size, one
-image's worth), each stage's TensorBoard run (figures, histograms, one HPARAMS row), the QAT
+image's worth), each stage's TensorBoard run (figures, histograms, one HPARAMS row) and the lab
+as TensorBoard's data provider reads it, the QAT
 scale heat map in network order, the per-class table, and `labquant-report` rebuilding
 report.md byte for byte."""
 
@@ -11,14 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.context import RequestContext
+from tensorboard.data.provider import RunTagFilter
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from labquant.cli.report import main as report_main
 from labquant.reports.curves import read_epoch_metrics
 from labquant.reports.figures import qat_scales_figure
 from labquant.reports.lab_figures import per_class_table
+from labquant.tasks.board import STAGE_HPARAMS
+
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
 
 NUM_TEST = 400  # TINY's data.num_test
 DPI = 110
@@ -74,7 +83,7 @@ def test_qat_scales_rows_follow_the_lab_layers(tiny_lab: Path) -> None:
 
 
 def read_run(stage_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(stage_dir / "tensorboard"), size_guidance={"images": 1})
+    events = EventAccumulator(str(stage_dir), size_guidance={"images": 1})
     events.Reload()
     return events
 
@@ -102,7 +111,8 @@ def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
     assert {f"figures/{name}" for name in figures} == {
         t for t in tags["images"] if t.startswith("figures/")
     }
-    assert {"hparams/test_acc", "hparams/acc_drop", "hparams/size_mib"} <= set(tags["scalars"])
+    assert {"results/test_acc", "results/acc_drop", "results/size_mib"} <= set(tags["scalars"])
+    assert "config/text_summary" in tags["tensors"]  # the full config, as text
     hparams = stage_hparams(events)
     results = json.loads((tiny_lab / stage / "results.json").read_text())
     histograms = {t for t in tags["histograms"] if t.startswith("weights/")}
@@ -115,6 +125,46 @@ def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
         assert hparams["backend"] == "eager" and hparams["qconfig"] == "pot"
         assert hparams["max_shift_amount"] == results["max_shift_amount"]
         assert (hparams["weight_bits"], hparams["granularity"]) == (8, "per_tensor")
+    assert yaml.safe_load((tiny_lab / stage / "hparams.yaml").read_text()) == hparams
+
+
+def open_board(logdir: Path) -> tuple[MultiplexerDataProvider, RequestContext]:
+    """The lab folder as `tensorboard --logdir` reads it: TensorBoard's own data provider."""
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return MultiplexerDataProvider(multiplexer, str(logdir)), RequestContext()
+
+
+def test_tensorboard_compares_the_stages_as_a_user_reads_them(tiny_lab: Path) -> None:
+    board, ctx = open_board(tiny_lab)
+    # Runs named by stage, not <stage>/tensorboard.
+    assert {run.run_name for run in board.list_runs(ctx, experiment_id="")} == {
+        "fp32", "ptq_pot", "qat_pot"}  # fmt: skip
+    # One HPARAMS row per stage, FP32 included, all with the same short set of keys.
+    rows = {}
+    for run, tags in board.list_tensors(ctx, experiment_id="", plugin_name="hparams").items():
+        content = tags["_hparams_/session_start_info"].plugin_content
+        values = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        rows[run] = {key: getattr(value, value.WhichOneof("kind")) for key, value in values.items()}
+    assert set(rows) == {"fp32", "ptq_pot", "qat_pot"}
+    assert {frozenset(row) for row in rows.values()} == {frozenset(STAGE_HPARAMS)}
+    assert (rows["fp32"]["backend"], rows["fp32"]["qconfig"], rows["fp32"]["weight_bits"]) == (
+        "fp32", "none", 32)  # fmt: skip
+    assert rows["ptq_pot"]["epochs"] == 0 and rows["qat_pot"]["epochs"] == 1
+    # QAT's curves follow FP32's on the step axis; accuracies in percent; no `epoch` chart.
+    scalars = board.list_scalars(ctx, experiment_id="", plugin_name="scalars")
+    assert not any("epoch" in tags or "test/images" in tags for tags in scalars.values())
+    wanted = RunTagFilter(runs=["fp32", "qat_pot"], tags=["train/loss", "val/acc", "train/lr"])
+    series = board.read_scalars(
+        ctx, experiment_id="", plugin_name="scalars", downsample=1000, run_tag_filter=wanted
+    )
+    fp32_steps = [d.step for tag in series["fp32"].values() for d in tag]
+    qat_steps = [d.step for tag in series["qat_pot"].values() for d in tag]
+    assert min(qat_steps) >= max(fp32_steps)
+    last = json.loads((tiny_lab / "fp32/results.json").read_text())
+    assert max(d.value for d in series["fp32"]["val/acc"]) == pytest.approx(
+        last["best_val_acc"], abs=1e-3)  # fmt: skip
 
 
 def test_per_class_counts_sum_to_the_test_set(tiny_lab: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, SHORTEST_LAB
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 # What a wheel is built from. The build runs in a copy of these, not in the repository: an
 # in-tree build leaves build/ behind, and setuptools reuses build/lib, so a module deleted from
 # src/ would still reach the wheel and hide a broken one.

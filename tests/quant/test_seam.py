@@ -51,6 +51,7 @@ def conf_with_toy_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     return conf
 
 
+@pytest.mark.slow  # a whole lab
 def test_the_lab_runs_a_ptq_only_backend_with_its_modes_only(
     conf_with_toy_backend: Path, tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ from labquant.reports.artifacts import write_atomic, write_json
 from labquant.reports.table import write_lab_report
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 
 class SerializerDied(Exception):
     pass

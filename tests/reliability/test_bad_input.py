@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import TINY
 from tests.reliability.runs import assert_one_line_error
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 BIN = Path(sys.executable).parent
 
 

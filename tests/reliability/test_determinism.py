@@ -17,6 +17,8 @@ from tests.reliability.runs import (
     run_cli,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 
 @pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(fp32_reference: Path, tmp_path: Path) -> None:

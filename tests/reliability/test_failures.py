@@ -30,6 +30,8 @@ from tests.reliability.runs import (
     run_cli,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 COMPLETE = {"status": "complete", "test_acc": 91.5}
 
 # --- through the command line

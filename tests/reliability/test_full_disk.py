@@ -15,6 +15,8 @@ from tests.conftest import TINY
 from tests.reliability.faults import FullDiskFrom, fault_overrides
 from tests.reliability.runs import TRAIN, output, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 RUN = [*TINY, "trainer.max_epochs=3", "scheduler.warmup_epochs=0"]
 
 

@@ -24,6 +24,8 @@ from tests.conftest import REPO_ROOT, TINY, TINY_LAB, compose_config
 from tests.reliability.faults import PauseAt, fault_overrides
 from tests.reliability.runs import LAB, TRAIN, assert_ok, assert_one_line_error, output, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 
 def stamps(folder: Path) -> dict[str, int]:
     """Every stage file's modification time (the lab folder's own .hydra/, which Hydra writes

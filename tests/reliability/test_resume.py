@@ -30,6 +30,8 @@ from tests.reliability.runs import (
     run_cli,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses, DDP or a whole lab: `pytest -m "not slow"` skips it
+
 # Both runs last 3 epochs of 16 batches. mid_epoch loses 6 batches of epoch 1 (resumes from
 # epoch 0's last.ckpt); boundary dies as epoch 2 starts (resumes from epoch 1's).
 KILL_POINTS = {"mid_epoch": {"epoch": 1, "batch": 5}, "boundary": {"epoch": 2}}

@@ -1,4 +1,5 @@
-"""A CSV logger whose metrics.csv survives `resume=true`.
+"""The stage's loggers: a CSV logger whose metrics.csv survives `resume=true`, and a
+TensorBoard logger whose steps follow the stage it starts from.
 
 Lightning 2.6's CSVLogger deletes an existing metrics.csv when its writer starts
 (`_ExperimentWriter._check_log_dir_exists`), so a resumed run's metrics.csv and
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from labquant.reports.artifacts import write_atomic
@@ -83,3 +87,26 @@ class ResumableCSVLogger(CSVLogger):
             os.makedirs(self.root_dir or ".", exist_ok=True)
             self._experiment = ResumableExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class StageTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger for one stage's run, as a user reads it in TensorBoard.
+
+    - `step_offset` shifts every step: a QAT run starts at the FP32 run's last step, so its
+      curves follow FP32's on one axis instead of lying on top of FP32's first epochs
+      (tasks/quantize.py sets it from the FP32 checkpoints).
+    - Lightning's `epoch` value (added to every row) and the test-image counter are left out:
+      single-point charts that would open the SCALARS tab. metrics.csv keeps both.
+    """
+
+    OMITTED = frozenset({"epoch", "test/images"})
+
+    def __init__(self, *args: Any, step_offset: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_offset = step_offset
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        kept = {key: value for key, value in metrics.items() if key not in self.OMITTED}
+        if kept:
+            super().log_metrics(kept, None if step is None else step + self.step_offset)

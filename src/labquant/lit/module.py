@@ -92,9 +92,9 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_acc, self.val_acc, self.test_acc = (
+            PercentAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3)
+        )
         # nan_strategy="disable": its NaN check reads the loss back every step (NonFiniteLossGuard
         # catches a NaN loss a step later without stalling the device).
         self.train_loss, self.val_loss, self.test_loss = (
@@ -191,7 +191,12 @@ class ClassifierModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+            # Its name is the learning-rate monitor's tag: beside train/loss, not `lr-SGD`.
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.scheduler_interval,
+                "name": "train/lr",
+            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -205,8 +210,16 @@ class ClassifierModule(pl.LightningModule):
         checkpoint["labquant_arch"] = dict(getattr(self.net, "arch", {}))
 
 
+class PercentAccuracy(MulticlassAccuracy):
+    """Top-1 accuracy in percent: the unit of results.json, the report and every figure, so
+    metrics.csv, the progress bar and TensorBoard show the same numbers."""
+
+    def compute(self) -> Tensor:
+        return 100.0 * super().compute()
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["ClassifierModule", "count_parameters"]
+__all__ = ["ClassifierModule", "PercentAccuracy", "count_parameters"]

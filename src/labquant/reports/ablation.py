@@ -125,7 +125,7 @@ def plot_curves(sweep_dir: Path, rows: list[dict[str, Any]], out_png: Path) -> N
                 f"#{row['#']}: lr {row['learning rate']}, {row['scheduler']}, "
                 f"wd {row['weight decay']}, m {row['momentum']}"
             )
-            ax.plot([e + 1 for e in epochs], [100 * v for v in values], "-o", ms=3, label=label)
+            ax.plot([e + 1 for e in epochs], values, "-o", ms=3, label=label)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")

@@ -36,17 +36,15 @@ def read_epoch_metrics(metrics_csv: Path) -> Series:
 def loss_accuracy_figure(series: Series, title: str = "") -> Figure:
     """Two panels as in the lab report: train/val loss and train/val accuracy per epoch."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, ylabel, scale in (
-        (ax_loss, "loss", "cross-entropy loss", 1.0),
-        (ax_acc, "acc", "accuracy (%)", 100.0),
+    for ax, metric, ylabel in (
+        (ax_loss, "loss", "cross-entropy loss"),
+        (ax_acc, "acc", "accuracy (%)"),  # logged in percent (lit.module.PercentAccuracy)
     ):
         for split, style in (("train", "-o"), ("val", "-s")):
             points = series.get(f"{split}/{metric}", [])
             if points:
                 epochs, values = zip(*points, strict=True)
-                ax.plot(
-                    [e + 1 for e in epochs], [v * scale for v in values], style, ms=3, label=split
-                )
+                ax.plot([e + 1 for e in epochs], values, style, ms=3, label=split)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)

@@ -1,11 +1,12 @@
 """Each stage's TensorBoard run, written once the stage's results are known.
 
-A stage folder's `tensorboard/` is one run (conf/logger: `<run>/tensorboard`), so
-`tensorboard --logdir <lab folder>` shows FP32, PTQ and QAT side by side; the HPARAMS tab has one
-row per stage (stage, backend, qconfig and its widths and rules | test_acc, acc_drop, size_mib,
-packed_size_mib), beside
-the stage's figures and the weight histograms of its quantized layers. PTQ trains nothing, so
-this is its only TensorBoard run.
+A stage folder is one run: its event files lie in the folder itself (conf/logger), so
+`tensorboard --logdir <lab folder>` names the runs by stage (fp32, ptq_pot, qat_pot, ...) and
+shows them side by side. The HPARAMS tab has one row per stage with the SAME short set of keys
+(`STAGE_HPARAMS`; FP32 with explicit values: backend fp32, qconfig none, 32 bits), so the table
+and the parallel coordinates compare every stage, FP32 included; the full config is a text entry.
+Beside them: the stage's figures and the weight histograms of its quantized layers. PTQ trains
+nothing, so this is its only TensorBoard run.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from labquant.config.instantiate import instantiate
 from labquant.reports.curves import loss_accuracy_figure, read_epoch_metrics
 from labquant.reports.figures import qat_scales_figure, sqnr_bar_figure, stage_label
 from labquant.reports.sensitivity import sensitivity_figure, sensitivity_markdown
-from labquant.tasks.common import flat_hparams
 
-STAGE_HPARAMS = ("stage", "backend", "qconfig", "max_shift_amount", "weight_bits",
-                 "activation_bits", "granularity", "exponent", "range")  # fmt: skip
+# Every stage's HPARAMS row has exactly these keys, in this order (a missing one would drop the
+# stage from the parallel-coordinates view). "none": the setting does not apply to the stage.
+STAGE_HPARAMS = ("stage", "model", "backend", "qconfig", "weight_bits", "activation_bits",
+                 "granularity", "exponent", "range", "max_shift_amount", "mixed_layers",
+                 "epochs", "lr", "batch_size", "seed")  # fmt: skip
+NOT_APPLICABLE = "none"
+FP32_BITS = 32
+# The HPARAMS tab's metric columns: scalars under results/, logged at the stage's last step.
 STAGE_METRICS = ("test_acc", "acc_drop", "size_mib", "packed_size_mib", "val_acc", "best_val_acc")
 
 
@@ -62,28 +70,82 @@ def float_layer_weights(net: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def stage_hparams(cfg: DictConfig, results: dict[str, Any]) -> dict[str, str | int | float]:
+    """The stage's HPARAMS row: `STAGE_HPARAMS`, each with a value in every stage."""
+    stage = results["stage"]
+    if stage == "fp32":
+        trained = (cfg.trainer.max_epochs, cfg.optimizer.lr)
+    elif stage == "qat":
+        trained = (cfg.quant.epochs, cfg.quant.lr)
+    else:  # PTQ trains nothing
+        trained = (0, 0.0)
+    float_stage = stage == "fp32"
+    row: dict[str, Any] = {
+        "stage": stage,
+        "model": results.get("model") or NOT_APPLICABLE,
+        "backend": "fp32" if float_stage else results.get("backend"),
+        "qconfig": NOT_APPLICABLE if float_stage else results.get("qconfig"),
+        "weight_bits": FP32_BITS if float_stage else results.get("weight_bits"),
+        "activation_bits": FP32_BITS if float_stage else results.get("activation_bits"),
+        "granularity": results.get("granularity"),
+        "exponent": results.get("exponent"),
+        "range": results.get("range"),
+        "max_shift_amount": results.get("max_shift_amount"),
+        "mixed_layers": len(results.get("layer_bits") or {}),
+        "epochs": int(trained[0] or 0),
+        "lr": float(trained[1] or 0.0),
+        "batch_size": int(cfg.data.batch_size),
+        "seed": int(cfg.seed),
+    }
+    return {key: NOT_APPLICABLE if row[key] is None else row[key] for key in STAGE_HPARAMS}
+
+
 def log_stage(
     cfg: DictConfig,
     results: dict[str, Any],
     metrics_csv: Path | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    step: int = 0,
 ) -> None:
-    """Figures, weight histograms and the HPARAMS row of one finished stage."""
+    """Figures, weight histograms, the full config as text and the HPARAMS row of one
+    finished stage; `step` is the stage's last step on the TensorBoard axis."""
     logger = stage_logger(cfg)
     if logger is None:
         return
     writer = logger.experiment
     for tag, figure in stage_figures(results, metrics_csv).items():
-        writer.add_figure(f"figures/{tag}", figure, global_step=0, close=True)
+        writer.add_figure(f"figures/{tag}", figure, global_step=step, close=True)
     for name, weight in (weights or {}).items():
-        writer.add_histogram(f"weights/{name}", weight, global_step=0)
-    stage = {k: results[k] for k in STAGE_HPARAMS if results.get(k) is not None}
+        writer.add_histogram(f"weights/{name}", weight, global_step=step)
+    writer.add_text("config", config_text(cfg), global_step=step)
+    hparams = stage_hparams(cfg, results)
     metrics = {
-        f"hparams/{k}": float(results[k]) for k in STAGE_METRICS if results.get(k) is not None
+        f"results/{k}": float(results[k]) for k in STAGE_METRICS if results.get(k) is not None
     }
-    logger.log_hyperparams({**stage, **flat_hparams(cfg)}, metrics)
-    logger.save()
+    log_hparams_row(writer, hparams, metrics, step)
+    # One hparams.yaml for every stage (the CSV logger of a trained stage wrote `{}` there).
+    save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, hparams)
     logger.finalize("success")
+
+
+def config_text(cfg: DictConfig) -> str:
+    """The resolved config as TensorBoard's TEXT tab shows it (markdown: a YAML code block)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    shown = {k: v for k, v in resolved.items() if k not in ("hydra", "paths")}  # type: ignore[union-attr]
+    # Four spaces make a markdown code block: TensorBoard keeps the YAML's indentation.
+    return "\n".join("    " + line for line in OmegaConf.to_yaml(shown).splitlines())
+
+
+def log_hparams_row(
+    writer: Any, hparams: dict[str, Any], metrics: dict[str, float], step: int
+) -> None:
+    """The HPARAMS row and its metric scalars at `step`. Lightning's `log_hyperparams` writes
+    the metrics at step 0, where they would sit as single points far left of every curve."""
+    experiment, session_start, session_end = hparams_summary(hparams, metrics)
+    for summary in (experiment, session_start, session_end):
+        writer.file_writer.add_summary(summary)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, global_step=step)
 
 
 def log_sensitivity(cfg: DictConfig, results: dict[str, Any]) -> None:
@@ -102,10 +164,9 @@ def log_sensitivity(cfg: DictConfig, results: dict[str, Any]) -> None:
     proposal = results.get("proposal") or {}
     hparams = {"qconfig": results["qconfig"], "backend": results["backend"]}
     metrics = {
-        f"hparams/proposal_{key}": float(proposal[key])
+        f"results/proposal_{key}": float(proposal[key])
         for key in ("val_acc", "val_drop_pp", "packed_size_mib")
         if proposal.get(key) is not None
     }
-    logger.log_hyperparams(hparams, metrics)
-    logger.save()
+    log_hparams_row(writer, hparams, metrics, step=0)
     logger.finalize("success")

@@ -1,10 +1,9 @@
 """What the pipelines share: building the LightningModule and Trainer from the config (each
-through `instantiate`, so a bad setting is one line), and the run's hparams (tasks/board.py)."""
+through `instantiate`, so a bad setting is one line), the CSV file they log to."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -53,23 +52,6 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = N
     )
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat `a.b.c` scalars, the shape TensorBoard's hparams tab wants."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, list):
-            flat[prefix] = str(node)
-        elif node is None or isinstance(node, bool | int | float | str):
-            flat[prefix] = "None" if node is None else node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return {k: v for k, v in flat.items() if not k.startswith(("hydra", "paths"))}
-
-
 def metrics_csv_path(trainer: pl.Trainer) -> Path | None:
     for logger in trainer.loggers:
         if isinstance(logger, CSVLogger):
@@ -77,8 +59,10 @@ def metrics_csv_path(trainer: pl.Trainer) -> Path | None:
     return None
 
 
-def percent(fraction: float) -> float:
-    return round(100 * float(fraction), 4)
+def rounded(value: float) -> float:
+    """A logged accuracy (already in percent: lit.module.PercentAccuracy) as results.json
+    records it."""
+    return round(float(value), 4)
 
 
 def model_name(cfg: DictConfig) -> str:

@@ -7,6 +7,7 @@ saves the int8 model (as torchvision's reference does) and writes results.json.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -28,7 +29,9 @@ from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
 from labquant.data.augment import normalize
 from labquant.data.tensors import TensorImageDataModule
+from labquant.errors import ConfigError
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
+from labquant.lit.loggers import StageTensorBoardLogger
 from labquant.quant.backend import QuantBackend
 from labquant.quant.layers import packed_size_mib, quantizable_layers, total_bitops
 from labquant.quant.qconfigs import QConfigSpec
@@ -62,6 +65,8 @@ class StageInputs:
     fp32_net: nn.Module
     fp32_eval: Evaluation
     batch: Tensor  # a normalized training batch: calibration shape, example input
+    fp32_steps: int = 0  # the FP32 run's last training step: where this stage's TensorBoard
+    # curves start, so they follow FP32's
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Tuned:
     train_device: str | None = None  # QAT's device; PTQ calibrates on the CPU
     world_size: int = 1  # QAT's processes (DDP); conversion and tests: one
     writes: bool = True  # False on DDP ranks other than 0: rank 0 converts, tests and writes
+    steps: int = 0  # QAT's optimizer steps; PTQ takes none
 
 
 # A task's own checks of what load_inputs loaded, run before the FP32 reference is evaluated.
@@ -101,7 +107,21 @@ def load_inputs(
         check(qconfig, fp32_net, dm)
     fp32_eval = evaluate_confusion(copy.deepcopy(fp32_net), dm.eval_dataloader(reference_split))
     batch = normalize(dm.arrays("train")[0][: dm.batch_size].cpu())
-    return StageInputs(qconfig, backend, dm, fp32_net, fp32_eval, batch)
+    steps = fp32_last_step(cfg.ckpt_path, checkpoint)
+    return StageInputs(qconfig, backend, dm, fp32_net, fp32_eval, batch, steps)
+
+
+def fp32_last_step(ckpt_path: str, checkpoint: dict[str, Any]) -> int:
+    """The FP32 run's last step: that of the `last.ckpt` beside `ckpt_path` when there is one
+    (best.ckpt may be an earlier epoch's), else the checkpoint's own; 0 for a bare state."""
+    steps = int(checkpoint.get("global_step") or 0)
+    last = Path(ckpt_path).with_name("last.ckpt")
+    if last.is_file() and last != Path(ckpt_path):
+        # An unreadable sibling only costs the TensorBoard axis its offset.
+        with contextlib.suppress(ConfigError):
+            last_steps = load_checkpoint(last, FIX_CKPT, mmap=True).get("global_step")
+            steps = max(steps, int(last_steps or 0))
+    return steps
 
 
 def calibrate(cfg: DictConfig, inputs: StageInputs) -> Tuned:
@@ -148,6 +168,9 @@ def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:
         inputs.backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch
     )
     trainer = build_trainer(qat_cfg, extra_callbacks=[prepare, schedule])
+    for logger in trainer.loggers:  # QAT's curves continue FP32's on TensorBoard's step axis
+        if isinstance(logger, StageTensorBoardLogger):
+            logger.step_offset = inputs.fp32_steps
     with safe_checkpoint_globals():
         trainer.fit(
             module,
@@ -156,7 +179,9 @@ def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:
             weights_only=True,
         )
     device = str(trainer.strategy.root_device)
-    return Tuned(module.net, device, trainer.world_size, writes=trainer.is_global_zero)
+    return Tuned(
+        module.net, device, trainer.world_size, trainer.is_global_zero, trainer.global_step
+    )
 
 
 @dataclass
@@ -268,4 +293,5 @@ def quantize(cfg: DictConfig) -> dict[str, Any]:
         metrics_csv=out_dir / "metrics.csv" if qat else None,
         curves_title=f"{model_name(cfg)} QAT ({inputs.qconfig.name})",
         weights=inputs.backend.layer_weights(prepared, [layer["name"] for layer in layers]),
+        board_step=inputs.fp32_steps + tuned.steps,
     )

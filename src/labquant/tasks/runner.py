@@ -43,7 +43,8 @@ BEFORE_WORK_ERRORS = (ConfigError, DataError, RunFolderInUse)
 # adds its curves to the old TensorBoard run. Only these names: a run folder may hold the user's
 # own files too.
 RUN_ARTIFACTS = (
-    "results.json", "checkpoints", "tensorboard", "metrics.csv", "loss_accuracy.png",
+    "results.json", "checkpoints", "events.out.tfevents.*", "hparams.yaml", "tensorboard",
+    "metrics.csv", "loss_accuracy.png",
     "model_fp32_state_dict.pt", "model_int8.pt", "model_int8_state_dict.pt", "model_int8.pt2",
     "model_int8.onnx", "export", "integer_model.npz", "integer_model.json", "bitexact.json",
     "golden",
@@ -127,12 +128,12 @@ def write_error_in(error: BaseException) -> ArtifactWriteError | None:
 
 def clear_run(out_dir: Path) -> None:
     """Remove the artifacts of the complete run that is about to be replaced."""
-    for name in RUN_ARTIFACTS:
-        path = out_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    for name in RUN_ARTIFACTS:  # a name with `*` is a pattern (TensorBoard's event files)
+        for path in sorted(out_dir.glob(name)) if "*" in name else [out_dir / name]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     shutil.rmtree(out_dir / ".hydra" / COMPLETE_HYDRA, ignore_errors=True)
 
 

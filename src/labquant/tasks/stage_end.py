@@ -27,15 +27,17 @@ def finish_stage(
     curves_title: str | None = None,
     weights: dict[str, torch.Tensor] | None = None,
     board_extra: dict[str, Any] | None = None,
+    board_step: int = 0,
 ) -> dict[str, Any]:
     """Write the stage's figures, TensorBoard run and results.json; return the results.
 
     `stage` names the settings record (tasks/fingerprint.py); `board_extra` adds values to the
-    TensorBoard row only (FP32's acc_drop 0: it is its own reference)."""
+    TensorBoard row only (FP32's acc_drop 0: it is its own reference); `board_step` is the
+    stage's last step on TensorBoard's axis (QAT's continue FP32's)."""
     out_dir = Path(cfg.paths.output_dir)
     if metrics_csv is not None and metrics_csv.exists() and curves_title:
         plot_loss_accuracy(metrics_csv, out_dir / "loss_accuracy.png", title=curves_title)
-    log_stage(cfg, {**results, **(board_extra or {})}, metrics_csv, weights)
+    log_stage(cfg, {**results, **(board_extra or {})}, metrics_csv, weights, board_step)
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     results.update(settings_record(cfg, stage))  # what a rerun must match to reuse it
     write_json(out_dir / "results.json", results)

@@ -23,7 +23,7 @@ from labquant.tasks.common import (
     build_trainer,
     metrics_csv_path,
     model_name,
-    percent,
+    rounded,
 )
 from labquant.tasks.stage_end import finish_stage
 
@@ -77,7 +77,7 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:  # under DDP one process (rank 0) writes the artifacts
         return {
             "status": "complete",
-            "test_acc": percent(tested["test/acc"]),
+            "test_acc": rounded(tested["test/acc"]),
             "checkpoint": relative_best,  # the lab's next DDP stage starts from it on every rank
             **distributed,
         }
@@ -94,9 +94,9 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         "arch": dict(getattr(module.net, "arch", {})),
         "params": count_parameters(module.net),
         "epochs": trainer.current_epoch,
-        "val_acc": percent(fit_metrics.get("val/acc", float("nan"))),
-        "best_val_acc": percent(float(best_score)) if best_score is not None else None,
-        "test_acc": percent(tested["test/acc"]),
+        "val_acc": rounded(fit_metrics.get("val/acc", float("nan"))),
+        "best_val_acc": rounded(best_score) if best_score is not None else None,
+        "test_acc": rounded(tested["test/acc"]),
         "test_loss": tested["test/loss"],
         "size_mib": file_size_mib(state_dict_path),
         "state_dict": FP32_STATE_DICT,
@@ -114,4 +114,5 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         curves_title=f"{results['model']} FP32",
         weights=float_layer_weights(module.net),
         board_extra={"acc_drop": 0.0},  # FP32 is its own reference in the HPARAMS table
+        board_step=trainer.global_step,
     )
