@@ -140,9 +140,14 @@ def log_hparams_row(
     writer: Any, hparams: dict[str, Any], metrics: dict[str, float], step: int
 ) -> None:
     """The HPARAMS row and its metric scalars at `step`. Lightning's `log_hyperparams` writes
-    the metrics at step 0, where they would sit as single points far left of every curve."""
-    experiment, session_start, session_end = hparams_summary(hparams, metrics)
-    for summary in (experiment, session_start, session_end):
+    the metrics at step 0, where they would sit as single points far left of every curve.
+
+    Only the session is written, not torch's experiment summary: TensorBoard uses the first
+    experiment summary it finds for every run (its metric columns would be that stage's only),
+    and without one it computes the columns from all runs, the settings that differ first.
+    """
+    _, session_start, session_end = hparams_summary(hparams, metrics)
+    for summary in (session_start, session_end):
         writer.file_writer.add_summary(summary)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, global_step=step)
