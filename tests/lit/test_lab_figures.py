@@ -123,7 +123,7 @@ def test_each_stage_is_a_tensorboard_run_with_figures_and_an_hparams_row(
     assert hparams["stage"] == results["stage"]
     if stage != "fp32":
         assert hparams["backend"] == "eager" and hparams["qconfig"] == "pot"
-        assert hparams["max_shift_amount"] == results["max_shift_amount"]
+        assert hparams["max_shift_amount"] == str(results["max_shift_amount"])
         assert (hparams["weight_bits"], hparams["granularity"]) == (8, "per_tensor")
     assert yaml.safe_load((tiny_lab / stage / "hparams.yaml").read_text()) == hparams
 
@@ -152,8 +152,19 @@ def test_tensorboard_compares_the_stages_as_a_user_reads_them(tiny_lab: Path) ->
     assert (rows["fp32"]["backend"], rows["fp32"]["qconfig"], rows["fp32"]["weight_bits"]) == (
         "fp32", "none", 32)  # fmt: skip
     assert rows["ptq_pot"]["epochs"] == 0 and rows["qat_pot"]["epochs"] == 1
-    # QAT's curves follow FP32's on the step axis; accuracies in percent; no `epoch` chart.
+    # The columns: one experiment, the same in every run, whose metrics every stage has (the
+    # parallel-coordinates view leaves out a run that lacks one).
+    experiments = {
+        tags["_hparams_/experiment"].plugin_content
+        for tags in board.list_tensors(ctx, experiment_id="", plugin_name="hparams").values()
+    }
+    assert len(experiments) == 1
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(experiments.pop()).experiment
+    assert [info.name for info in experiment.hparam_infos] == list(STAGE_HPARAMS)
+    metric_tags = {info.name.tag for info in experiment.metric_infos}
     scalars = board.list_scalars(ctx, experiment_id="", plugin_name="scalars")
+    assert metric_tags and all(metric_tags <= set(scalars[run]) for run in rows)
+    # QAT's curves follow FP32's on the step axis; accuracies in percent; no `epoch` chart.
     assert not any("epoch" in tags or "test/images" in tags for tags in scalars.values())
     wanted = RunTagFilter(runs=["fp32", "qat_pot"], tags=["train/loss", "val/acc", "train/lr"])
     series = board.read_scalars(

@@ -19,6 +19,9 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch import nn
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -34,8 +37,14 @@ STAGE_HPARAMS = ("stage", "model", "backend", "qconfig", "weight_bits", "activat
                  "epochs", "lr", "batch_size", "seed")  # fmt: skip
 NOT_APPLICABLE = "none"
 FP32_BITS = 32
+NUMERIC_HPARAMS = frozenset({"weight_bits", "activation_bits", "mixed_layers", "epochs", "lr",
+                             "batch_size", "seed"})  # fmt: skip
+# The keys TensorBoard ticks by default: it shows 5, those marked `differs` first.
+LEAD_HPARAMS = frozenset({"stage", "backend", "qconfig", "weight_bits", "activation_bits"})
 # The HPARAMS tab's metric columns: scalars under results/, logged at the stage's last step.
-STAGE_METRICS = ("test_acc", "acc_drop", "size_mib", "packed_size_mib", "val_acc", "best_val_acc")
+# Every stage has each of them (FP32's packed size: every parameter at 32 bits): the parallel
+# coordinates view leaves out a run that lacks one.
+STAGE_METRICS = ("test_acc", "acc_drop", "size_mib", "packed_size_mib")
 
 
 def stage_logger(cfg: DictConfig) -> TensorBoardLogger | None:
@@ -97,7 +106,34 @@ def stage_hparams(cfg: DictConfig, results: dict[str, Any]) -> dict[str, str | i
         "batch_size": int(cfg.data.batch_size),
         "seed": int(cfg.seed),
     }
-    return {key: NOT_APPLICABLE if row[key] is None else row[key] for key in STAGE_HPARAMS}
+    return {
+        key: (float if key in NUMERIC_HPARAMS else str)(
+            NOT_APPLICABLE if row[key] is None else row[key]
+        )
+        for key in STAGE_HPARAMS
+    }
+
+
+def stage_experiment() -> Summary:
+    """The HPARAMS tab's columns, the same in every stage's run: TensorBoard reads the first
+    experiment it finds for all runs (torch's `hparams` would write each stage's own metrics,
+    and without one TensorBoard takes every scalar of every run as a metric column)."""
+    infos = [
+        api_pb2.HParamInfo(
+            name=key,
+            type=api_pb2.DATA_TYPE_FLOAT64 if key in NUMERIC_HPARAMS else api_pb2.DATA_TYPE_STRING,
+            differs=key in LEAD_HPARAMS,  # only orders the columns: TensorBoard ticks 5
+        )
+        for key in STAGE_HPARAMS
+    ]
+    metrics = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"results/{k}")) for k in STAGE_METRICS
+    ]
+    data = plugin_data_pb2.HParamsPluginData(
+        experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    )
+    metadata = hparams_metadata.create_summary_metadata(data)
+    return Summary(value=[Summary.Value(tag=hparams_metadata.EXPERIMENT_TAG, metadata=metadata)])
 
 
 def log_stage(
@@ -122,7 +158,7 @@ def log_stage(
     metrics = {
         f"results/{k}": float(results[k]) for k in STAGE_METRICS if results.get(k) is not None
     }
-    log_hparams_row(writer, hparams, metrics, step)
+    log_hparams_row(writer, hparams, metrics, step, stage_experiment())
     # One hparams.yaml for every stage (the CSV logger of a trained stage wrote `{}` there).
     save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, hparams)
     logger.finalize("success")
@@ -137,18 +173,19 @@ def config_text(cfg: DictConfig) -> str:
 
 
 def log_hparams_row(
-    writer: Any, hparams: dict[str, Any], metrics: dict[str, float], step: int
+    writer: Any,
+    hparams: dict[str, Any],
+    metrics: dict[str, float],
+    step: int,
+    experiment: Summary | None = None,
 ) -> None:
-    """The HPARAMS row and its metric scalars at `step`. Lightning's `log_hyperparams` writes
-    the metrics at step 0, where they would sit as single points far left of every curve.
-
-    Only the session is written, not torch's experiment summary: TensorBoard uses the first
-    experiment summary it finds for every run (its metric columns would be that stage's only),
-    and without one it computes the columns from all runs, the settings that differ first.
-    """
+    """The HPARAMS row, its `experiment` (the columns) and its metric scalars at `step`.
+    Lightning's `log_hyperparams` writes the metrics at step 0, where they would sit as single
+    points far left of every curve."""
     _, session_start, session_end = hparams_summary(hparams, metrics)
-    for summary in (session_start, session_end):
-        writer.file_writer.add_summary(summary)
+    for summary in (experiment, session_start, session_end):
+        if summary is not None:
+            writer.file_writer.add_summary(summary)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, global_step=step)
 
