@@ -106,12 +106,14 @@ def stage_hparams(cfg: DictConfig, results: dict[str, Any]) -> dict[str, str | i
         "batch_size": int(cfg.data.batch_size),
         "seed": int(cfg.seed),
     }
-    return {
-        key: (float if key in NUMERIC_HPARAMS else str)(
-            NOT_APPLICABLE if row[key] is None else row[key]
-        )
-        for key in STAGE_HPARAMS
-    }
+    return {key: column_value(key, row[key]) for key in STAGE_HPARAMS}
+
+
+def column_value(key: str, value: Any) -> Any:
+    """One type per column: TensorBoard makes a column of mixed types a string column."""
+    if key in NUMERIC_HPARAMS:
+        return value
+    return NOT_APPLICABLE if value is None else str(value)
 
 
 def stage_experiment() -> Summary:
