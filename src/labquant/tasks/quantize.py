@@ -65,8 +65,8 @@ class StageInputs:
     fp32_net: nn.Module
     fp32_eval: Evaluation
     batch: Tensor  # a normalized training batch: calibration shape, example input
-    fp32_steps: int = 0  # the FP32 run's last training step: where this stage's TensorBoard
-    # curves start, so they follow FP32's
+    # The FP32 run's last training step: where this stage's TensorBoard curves start.
+    fp32_steps: int = 0
 
 
 @dataclass
