@@ -111,21 +111,57 @@ def snap_biases(gm: GraphModule) -> int:
     return moved
 
 
-def fake_quant_scales(gm: nn.Module) -> dict[str, float]:
-    """Every fake-quant scale, named by the tensor it quantizes (`conv1.weight`, `relu_3`)."""
-    scales: dict[str, float] = {}
-    targets = {}
+def _input_name(gm: GraphModule, node: Node, layers: dict[Node, str]) -> str:
+    """What a fake-quant's input is called: the module that computed it (`layer1.0.relu1`),
+    the conv / linear it comes from through BN-fold and bias-snap nodes (`layer1.0.conv2`),
+    the parameter (`fc.weight`) or the graph input (`x`)."""
+    source: Any = node
+    for _ in range(8):
+        if not isinstance(source, Node):
+            break
+        if source in layers:
+            return layers[source]
+        if source.op == "placeholder":
+            return source.name
+        if source.op == "get_attr":
+            return str(source.target)
+        if source.op == "call_function" and (name := module_name(source)):
+            return name
+        source = source.args[0] if source.args else None
+    return node.name
+
+
+def named_fake_quants(gm: nn.Module) -> list[tuple[str, FakeQuantizeBase]]:
+    """Every fake-quant module, named by the tensor it quantizes (unique names): `<layer>.weight`
+    for a conv / linear weight (QAT's BN-folded ones included), else `_input_name`'s."""
+    targets: dict[str, str] = {}
     if isinstance(gm, GraphModule):
+        matmuls = _matmuls(gm)
+        for layer, node in matmuls:
+            weight = node.args[1]
+            if isinstance(weight, Node) and weight.op == "call_module":
+                targets[str(weight.target)] = f"{layer}.weight"
+        layers = {node: layer for layer, node in matmuls}
         for node in gm.graph.nodes:
-            if node.op == "call_module" and node.args and isinstance(node.args[0], Node):
-                source = node.args[0]
-                targets[node.target] = (
-                    source.target if source.op == "get_attr" else module_name(source) or source.name
-                )
+            if node.op == "call_module" and str(node.target) not in targets and node.args:
+                targets[str(node.target)] = _input_name(gm, node.args[0], layers)
+    named, seen = [], set()
     for name, m in gm.named_modules():
+        if isinstance(m, FakeQuantizeBase):
+            label = targets.get(name, name)
+            label = label if label not in seen else f"{label}#{name}"
+            seen.add(label)
+            named.append((label, m))
+    return named
+
+
+def fake_quant_scales(gm: nn.Module) -> dict[str, float]:
+    """Every fake-quant scale by `named_fake_quants`' names (per channel: the largest)."""
+    scales: dict[str, float] = {}
+    for name, m in named_fake_quants(gm):
         scale = getattr(m, "scale", None)
-        if isinstance(m, FakeQuantizeBase) and isinstance(scale, Tensor) and scale.numel():
-            scales[str(targets.get(name, name))] = float(scale.max())
+        if isinstance(scale, Tensor) and scale.numel():
+            scales[name] = float(scale.max())
     return scales
 
 
