@@ -15,15 +15,19 @@ of a power-of-two stage is also an `IntegerExporter`. The lab runs each backend'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
+from labquant.quant.learned import THRESHOLD
 from labquant.quant.qconfigs import QConfigSpec
 
 MODES = ("ptq", "qat")
+# The name of every learned-exponent parameter (its own optimizer group: lit/module.py).
+LEARNED_THRESHOLD = THRESHOLD
 
 
 @runtime_checkable
@@ -74,8 +78,13 @@ class QATQuantizer(Protocol):
         """Fuse (BN trainable) and insert fake quantization; the result is fine-tuned."""
         ...
 
+    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
+        """qconfig.learn_scales: the observers see `batches`, then every learnable threshold
+        starts at their choice (quant/learned.py); returns how many (0: nothing learns)."""
+        ...
+
     def set_observers(self, net: nn.Module, enabled: bool) -> None:
-        """Let the QAT ranges move (True) or freeze them (False)."""
+        """Let the QAT ranges (or learned exponents) move (True) or freeze them (False)."""
         ...
 
     def freeze_bn_stats(self, net: nn.Module) -> None:
@@ -84,6 +93,11 @@ class QATQuantizer(Protocol):
 
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         """Every fake-quant scale by layer name (per-channel ones as their maximum), for logs."""
+        ...
+
+    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
+        """Every learned log2 threshold by the names fake_quant_scales uses (per channel:
+        their mean); empty without qconfig.learn_scales."""
         ...
 
 

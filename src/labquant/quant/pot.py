@@ -182,6 +182,12 @@ def _divisor(observer: Any, zero_point: int) -> float:
     return (observer.quant_max - observer.quant_min) / 2
 
 
+def threshold_divisor(observer: Any) -> float:
+    """What an observer's threshold is divided by to give its raw scale (quant/learned.py's
+    thresholds use the same)."""
+    return _divisor(observer, zero_point_of(observer))
+
+
 def min_max_threshold(observer: Any, min_val: Tensor, max_val: Tensor) -> Tensor:
     """What min/max says the codes must cover: max|x|, or max(x, 0) for unsigned ranges."""
     if observer.unsigned:

@@ -47,7 +47,8 @@ class QConfigSpec:
     activation as uint8 with zero point 0 (scale 2**-n over 0..2**b-1: twice the precision, no
     zero-point correction in the next conv); `snap_bias` puts every bias on its accumulator
     grid at conversion, so torch's int8 model computes what the integer-only hardware computes
-    (int32 bias).
+    (int32 bias); `learn_scales` (QAT only) trains each fake-quantizer's log2 threshold
+    (quant/learned.py) from the observers' starting point.
     """
 
     name: str
@@ -62,6 +63,7 @@ class QConfigSpec:
     exponent: str = "round"
     range_method: str = "minmax"
     percentile: float = 99.99
+    learn_scales: bool = False
     # (name or glob, weight bits or None, activation bits or None), applied in order
     layer_bits: tuple[tuple[str, int | None, int | None], ...] = ()
 
@@ -84,6 +86,19 @@ class QConfigSpec:
                     f"qconfig.layer_bits has {pattern!r}, which names no layer of this model; "
                     f"its layers are {', '.join(names)} (globs such as 'layer1.*' work)"
                 )
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The stages this qconfig can run: learned exponents need training (QAT)."""
+        return ("qat",) if self.learn_scales else ("ptq", "qat")
+
+    def check_mode(self, mode: str) -> None:
+        """PTQ of a learned-exponent qconfig is the one-line error naming both fixes."""
+        if mode not in self.modes:
+            raise ConfigError(
+                f"qconfig.learn_scales=true learns the exponents by gradient descent, which "
+                f"quant={mode} does not do; use quant=qat, or qconfig.learn_scales=false"
+            )
 
     @property
     def weight_range(self) -> tuple[int, int]:
@@ -111,6 +126,8 @@ class QConfigSpec:
             }
             if self.range_method == "percentile":
                 described["percentile"] = self.percentile
+            if self.learn_scales:
+                described["learn_scales"] = True
             if self.layer_bits:
                 described["layer_bits"] = {
                     pattern: {k: v for k, v in (("weight", w), ("activation", a)) if v}
@@ -132,6 +149,7 @@ def engine_default(
     activations: None = None,
     snap_bias: None = None,
     layer_bits: None = None,
+    learn_scales: None = None,
 ) -> QConfigSpec:
     """The engine's own default observers (torch's x86 / fbgemm / qnnpack qconfigs); the
     power-of-two settings have no meaning there (declared `None`: the schema refuses them)."""
@@ -156,10 +174,12 @@ def power_of_two(
     range: RangeMethod = "minmax",  # the setting's name: qconfig.range
     percentile: Percentile = 99.99,
     layer_bits: dict[str, dict[str, Any]] | None = None,
+    learn_scales: bool = False,
 ) -> QConfigSpec:
     """Power-of-two scales; the int8 kernels that run them are the `engine`'s. `layer_bits`
     maps a conv / linear name, or a glob such as `layer1.*`, to its own weight / activation
-    widths (the activation is the layer's output) over the qconfig's defaults."""
+    widths (the activation is the layer's output) over the qconfig's defaults.
+    `learn_scales`: QAT learns every exponent (quant/learned.py)."""
     entries = []
     for pattern, bits in (layer_bits or {}).items():
         bits = dict(bits or {})
@@ -190,4 +210,5 @@ def power_of_two(
         range_method=check_choice("range", range, RANGE_METHODS),
         percentile=float(percentile),
         layer_bits=tuple(entries),
+        learn_scales=bool(learn_scales),
     )

@@ -8,6 +8,7 @@ without Python.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from labquant.quant import learned
 from labquant.quant.backend import check_mode
 from labquant.quant.eager import bias_quant, inspect, integer, widths, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
@@ -85,11 +87,17 @@ class EagerBackend:
         else:
             workflow.disable_observers(net)
 
+    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
+        return learned.start_learning(prepared, batches)
+
     def freeze_bn_stats(self, net: nn.Module) -> None:
         workflow.freeze_bn_stats(net)
 
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return workflow.fake_quant_scales(net)
+
+    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
+        return learned.learned_thresholds(net.named_modules())
 
     def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> EagerInt8Model:
         engine = engine_for(qconfig)  # the engine prepare chose for the same qconfig

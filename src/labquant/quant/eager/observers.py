@@ -16,9 +16,11 @@ from torch.ao.quantization import FakeQuantize
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
 from labquant.errors import ConfigError
+from labquant.quant.learned import LearnedThresholdCore
 from labquant.quant.pot import PotObserverCore, clamp_status, scale_approximate
 
 __all__ = [
+    "EagerLearnedPotFakeQuantize",
     "EagerPotChannelObserver",
     "EagerPotFakeQuantize",
     "EagerPotObserver",
@@ -169,3 +171,13 @@ class EagerPotFakeQuantize(FakeQuantize):
         return torch.fake_quantize_per_tensor_affine(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max
         )
+
+
+class EagerLearnedPotFakeQuantize(LearnedThresholdCore, EagerPotFakeQuantize):
+    """`qconfig.learn_scales=true`: a power-of-two FakeQuantize whose log2 threshold is a
+    parameter of the QAT module it sits in (quant/learned.py), so the optimizer, checkpoints,
+    resume and DDP see it like any weight."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup_learned()

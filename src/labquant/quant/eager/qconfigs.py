@@ -11,6 +11,7 @@ from torch.ao.quantization import QConfig, get_default_qat_qconfig, get_default_
 
 from labquant.errors import ConfigError
 from labquant.quant.eager.observers import (
+    EagerLearnedPotFakeQuantize,
     EagerPotChannelObserver,
     EagerPotFakeQuantize,
     EagerPotObserver,
@@ -28,10 +29,12 @@ def _method(spec: QConfigSpec) -> dict[str, Any]:
     }
 
 
-def _observer(observer: type, qat: bool, **kwargs: Any) -> Any:
-    """The observer constructor for PTQ, or a fake-quant over it for QAT (same arguments)."""
+def _observer(observer: type, qat: bool, learned: bool = False, **kwargs: Any) -> Any:
+    """The observer constructor for PTQ, or a fake-quant over it for QAT (same arguments);
+    `learned`: one whose exponent is a parameter (qconfig.learn_scales)."""
     if qat:
-        return EagerPotFakeQuantize.with_args(observer=observer, **kwargs)
+        fake_quant = EagerLearnedPotFakeQuantize if learned else EagerPotFakeQuantize
+        return fake_quant.with_args(observer=observer, **kwargs)
     return observer.with_args(**kwargs)
 
 
@@ -39,8 +42,8 @@ def activation_observer(spec: QConfigSpec, qat: bool, unsigned: bool = False) ->
     qmin, qmax = spec.activation_range
     qscheme = torch.per_tensor_affine if unsigned else torch.per_tensor_symmetric
     return _observer(
-        EagerPotObserver, qat, dtype=torch.quint8, qscheme=qscheme, quant_min=qmin,
-        quant_max=qmax, unsigned=unsigned, **_method(spec),
+        EagerPotObserver, qat, spec.learn_scales, dtype=torch.quint8, qscheme=qscheme,
+        quant_min=qmin, quant_max=qmax, unsigned=unsigned, **_method(spec),
     )  # fmt: skip
 
 
@@ -49,12 +52,13 @@ def weight_observer(spec: QConfigSpec, qat: bool) -> Any:
     common = {"dtype": torch.qint8, "quant_min": qmin, "quant_max": qmax, "weights": True}
     if spec.per_channel:
         return _observer(
-            EagerPotChannelObserver, qat, qscheme=torch.per_channel_symmetric, ch_axis=0,
-            **common, **_method(spec),
+            EagerPotChannelObserver, qat, spec.learn_scales,
+            qscheme=torch.per_channel_symmetric, ch_axis=0, **common, **_method(spec),
         )  # fmt: skip
     return _observer(
-        EagerPotObserver, qat, qscheme=torch.per_tensor_symmetric, **common, **_method(spec)
-    )
+        EagerPotObserver, qat, spec.learn_scales, qscheme=torch.per_tensor_symmetric,
+        **common, **_method(spec),
+    )  # fmt: skip
 
 
 def pot_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:

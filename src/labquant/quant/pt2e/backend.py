@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import io
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, 
 from labquant import onnx_runtime
 from labquant.errors import ConfigError
 from labquant.onnx_runtime import OnnxRuntimeModel
+from labquant.quant import learned
 from labquant.quant.backend import check_mode
 from labquant.quant.pot import require_power_of_two
 from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem, widths
@@ -136,11 +138,17 @@ class PT2EBackend:
             if isinstance(m, FakeQuantizeBase):
                 m.enable_observer(enabled)
 
+    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
+        return learned.start_learning(prepared, batches)
+
     def freeze_bn_stats(self, net: nn.Module) -> None:
         graph.freeze_batch_norm_stats(net)
 
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return inspect.fake_quant_scales(net)
+
+    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
+        return learned.learned_thresholds(inspect.named_fake_quants(net))
 
     def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> PT2EInt8Model:
         work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 
+from labquant.quant.learned import LearnedThresholdCore
 from labquant.quant.pot import PotObserverCore
 
 
@@ -72,3 +73,17 @@ class PT2EPotWeightObserver(PotObserverCore, PerChannelMinMaxObserver):
 class PT2EPotFakeQuantize(FakeQuantize):
     """torchao FakeQuantize over the pot observers (a fused moving-average fake quant would
     compute its own, non-power-of-two scale in C++ and never call `calculate_qparams`)."""
+
+
+class PT2ELearnedPotFakeQuantize(LearnedThresholdCore, PT2EPotFakeQuantize):
+    """`qconfig.learn_scales=true`: a torchao FakeQuantize whose log2 threshold is a parameter
+    (quant/learned.py). prepare_qat_pt2e inserts each fake-quantizer as a submodule of the
+    exported GraphModule (`activation_post_process_<k>`, called by a call_module node), so the
+    parameter is one of the GraphModule's own (`activation_post_process_<k>.log2_threshold`):
+    `parameters()`, `state_dict()`, Lightning's checkpoints and DDP's gradient averaging reach
+    it as they reach the weights. (A get_attr constant of the exported graph would not be
+    trained: torch.export lifts those into inputs.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup_learned()

@@ -33,6 +33,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 from labquant.quant.pt2e.inspect import module_name
 from labquant.quant.pt2e.observers import (
+    PT2ELearnedPotFakeQuantize,
     PT2EPotFakeQuantize,
     PT2EPotObserver,
     PT2EPotWeightObserver,
@@ -80,7 +81,8 @@ def _spec(qat: bool, spec: QConfigSpec, signed: bool, unsigned: bool = False) ->
     if qat:
         kwargs.update(observer=observer, dtype=dtype)
         kwargs.update(qscheme=qscheme, **({"ch_axis": 0} if signed else {}))
-    ctr = (PT2EPotFakeQuantize if qat else observer).with_args(**kwargs)
+    fake_quant = PT2ELearnedPotFakeQuantize if spec.learn_scales else PT2EPotFakeQuantize
+    ctr = (fake_quant if qat else observer).with_args(**kwargs)
     return QuantizationSpec(
         dtype=dtype,
         quant_min=qmin,
