@@ -9,6 +9,7 @@ QAT callback prepared in `on_fit_start`, too late for that, and was removed).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -107,12 +108,21 @@ class PrepareQuantization(pl.Callback):
     """
 
     def __init__(
-        self, backend: Quantizer, qconfig: QConfigSpec, qat: bool, example_input: Tensor
+        self,
+        backend: Quantizer,
+        qconfig: QConfigSpec,
+        qat: bool,
+        example_input: Tensor,
+        calibration: Callable[[], Iterable[Tensor]] | None = None,
     ) -> None:
         self.backend = backend
         self.qconfig = qconfig
         self.qat = qat
         self.example_input = example_input
+        # qconfig.learn_scales: the batches the observers see before the thresholds learn.
+        # The same on every DDP rank and before the optimizer, DDP and a resumed checkpoint
+        # (which then overwrites the thresholds): every rank starts from the same exponents.
+        self.calibration = calibration
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = pl_module.net
@@ -122,6 +132,8 @@ class PrepareQuantization(pl.Callback):
         if self.qat:  # quantize.load_inputs checked that the backend offers QAT (check_mode)
             assert isinstance(self.backend, QATQuantizer)
             pl_module.net = self.backend.prepare_qat(net, self.qconfig, example)
+            if self.qconfig.learn_scales and self.calibration is not None:
+                self.backend.start_learned_scales(pl_module.net, self.calibration())
         else:
             pl_module.net = self.backend.prepare_ptq(net, self.qconfig, example)
 
@@ -156,3 +168,9 @@ class QATSchedule(pl.Callback):
         pl_module.log_dict(
             {f"qat_scale/{name}": value for name, value in scales.items()}, sync_dist=True
         )
+        thresholds = self.backend.learned_thresholds(pl_module.net)
+        if thresholds:  # qconfig.learn_scales: DDP averages their gradients, equal on all ranks
+            pl_module.log_dict(
+                {f"qat_log2_threshold/{name}": value for name, value in thresholds.items()},
+                sync_dist=True,
+            )

@@ -15,6 +15,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from labquant.quant.backend import LEARNED_THRESHOLD
+
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -80,6 +82,7 @@ class ClassifierModule(pl.LightningModule):
         teacher: nn.Module | None = None,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
+        scale_lr: float | None = None,
     ) -> None:
         super().__init__()
         # logger=False: the run logs the whole Hydra config (with final metrics) itself.
@@ -89,6 +92,7 @@ class ClassifierModule(pl.LightningModule):
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
         self.optimizer_factory = optimizer
+        self.scale_lr = scale_lr
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
@@ -179,8 +183,23 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError("a per-step schedule needs a finite trainer.max_epochs")
         return max(1, math.ceil(total / epochs))
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The network's weights, and (qconfig.learn_scales) the learned log2 thresholds in a
+        group of their own: `quant.scale_lr` (unset: the optimizer's lr) and no weight decay,
+        which would pull every threshold toward 1 and the ranges toward clipping."""
+        weights, thresholds = [], []
+        for name, parameter in self.named_parameters():
+            learned = name.rsplit(".", 1)[-1] == LEARNED_THRESHOLD
+            (thresholds if learned else weights).append(parameter)
+        if not thresholds:
+            return [{"params": weights}]
+        group: dict[str, Any] = {"params": thresholds, "weight_decay": 0.0}
+        if self.scale_lr is not None:
+            group["lr"] = self.scale_lr
+        return [{"params": weights}, group]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         kwargs = (

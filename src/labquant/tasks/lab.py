@@ -201,7 +201,10 @@ def quant_stages(
     them."""
     for entry in backends.values():
         for qconfig, option in qconfigs.items():
+            spec = instantiate(option, f"lab.qconfigs={qconfig}")
             for mode in entry.backend.modes:
+                if mode not in spec.modes:
+                    continue  # learned exponents: QAT only
                 if mode == "ptq" and not is_global_zero():
                     continue  # one-process work: the other DDP ranks wait for the next DDP stage
                 name = stage_name(mode, qconfig, entry.backend)
@@ -249,7 +252,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         spec.check_layers(layers)
         for entry in backends.values():
             for mode in entry.backend.modes:
-                entry.backend.check(spec, mode)
+                if mode in spec.modes:
+                    entry.backend.check(spec, mode)
     check_reruns(cfg, lab_dir, qconfigs, backends)
 
     fp32_dir = lab_dir / "fp32"

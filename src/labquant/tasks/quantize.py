@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -95,6 +97,7 @@ def load_inputs(
     qconfig.check_layers(quantizable_layers(instantiate(cfg.model, "model")))
     backend: QuantBackend = instantiate(cfg.backend, "backend")
     backend.check(qconfig, cfg.quant.mode)
+    qconfig.check_mode(cfg.quant.mode)
     checkpoint = load_checkpoint(cfg.get("ckpt_path"), FIX_CKPT)
     check_qat_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -155,6 +158,13 @@ def qat_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, overrides)
 
 
+def calibration_batches(data: TensorImageDataModule, count: int) -> Iterator[Tensor]:
+    """The first `count` calibration batches (training images, no augmentation, seeded order),
+    normalized: where QAT's learned exponents start (qconfig.learn_scales), as PTQ's do."""
+    for x, _ in itertools.islice(data.calibration_dataloader(), count):
+        yield normalize(x) if x.dtype == torch.uint8 else x
+
+
 def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:
     """QAT: Lightning's fit loop, with the backend's observer / BatchNorm schedule, distilled
     from the FP32 network."""
@@ -162,7 +172,11 @@ def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:
     teacher = copy.deepcopy(inputs.fp32_net) if cfg.quant.get("distill_weight") else None
     module = build_module(qat_cfg, net=copy.deepcopy(inputs.fp32_net), teacher=teacher)
     prepare = PrepareQuantization(
-        inputs.backend, inputs.qconfig, qat=True, example_input=inputs.batch[:2]
+        inputs.backend,
+        inputs.qconfig,
+        qat=True,
+        example_input=inputs.batch[:2],
+        calibration=lambda: calibration_batches(inputs.data, cfg.quant.calibration_batches),
     )
     schedule = QATSchedule(
         inputs.backend, cfg.quant.freeze_observer_epoch, cfg.quant.freeze_bn_epoch
