@@ -34,7 +34,7 @@ from labquant.reports.sensitivity import sensitivity_figure, sensitivity_markdow
 # stage from the parallel-coordinates view). "none": the setting does not apply to the stage.
 STAGE_HPARAMS = ("stage", "model", "backend", "qconfig", "weight_bits", "activation_bits",
                  "granularity", "exponent", "range", "max_shift_amount", "mixed_layers",
-                 "epochs", "lr", "batch_size", "seed")  # fmt: skip
+                 "learn_scales", "epochs", "lr", "batch_size", "seed")  # fmt: skip
 NOT_APPLICABLE = "none"
 FP32_BITS = 32
 NUMERIC_HPARAMS = frozenset({"weight_bits", "activation_bits", "mixed_layers", "epochs", "lr",
@@ -101,6 +101,8 @@ def stage_hparams(cfg: DictConfig, results: dict[str, Any]) -> dict[str, str | i
         "range": results.get("range"),
         "max_shift_amount": results.get("max_shift_amount"),
         "mixed_layers": len(results.get("layer_bits") or {}),
+        # qconfig.learn_scales: exponents learned by QAT (true) or chosen by the observers
+        "learn_scales": None if float_stage else str(bool(results.get("learn_scales"))).lower(),
         "epochs": int(trained[0] or 0),
         "lr": float(trained[1] or 0.0),
         "batch_size": int(cfg.data.batch_size),
