@@ -12,8 +12,8 @@ import torch
 
 
 class ScalesPerRank(pl.Callback):
-    """Writes every fake-quant scale of this rank at the end of training to
-    `$LABQUANT_PROBE_DIR/scales_rank<r>.json`, so a test can compare the ranks."""
+    """Writes every fake-quant scale (and learned log2 threshold) of this rank at the end of
+    training to `$LABQUANT_PROBE_DIR/scales_rank<r>.json`, so a test can compare the ranks."""
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         folder = Path(os.environ["LABQUANT_PROBE_DIR"])
@@ -21,6 +21,11 @@ class ScalesPerRank(pl.Callback):
             name: module.scale.flatten().tolist()
             for name, module in pl_module.net.named_modules()
             if isinstance(getattr(module, "scale", None), torch.Tensor)
+        }
+        scales |= {  # qconfig.learn_scales: the thresholds themselves
+            name: parameter.flatten().tolist()
+            for name, parameter in pl_module.net.named_parameters()
+            if name.endswith("log2_threshold")
         }
         path = folder / f"scales_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(scales))

@@ -145,8 +145,18 @@ def test_two_process_test_accuracy_is_the_single_process_one_exactly(ddp_fp32_ru
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend",
-    [["backend=eager"], ["backend=pt2e", "backend.compile=false", "backend.onnx=false"]],
-    ids=["eager", "pt2e"],
+    [
+        ["backend=eager"],
+        ["backend=pt2e", "backend.compile=false", "backend.onnx=false"],
+        [
+            "backend=eager",
+            "qconfig=pot_w4a4",
+            "qconfig.learn_scales=true",
+            "quant.scale_lr=0.5",
+            "quant.calibration_batches=2",
+        ],
+    ],
+    ids=["eager", "pt2e", "eager-learned-exponents"],
 )
 def test_two_process_qat_keeps_scales_equal_on_every_rank_and_converts(
     ddp_fp32_run: Path, tmp_path: Path, backend: list[str]
@@ -172,6 +182,8 @@ def test_two_process_qat_keeps_scales_equal_on_every_rank_and_converts(
     assert_ok(result)
     ranks = [json.loads((tmp_path / f"scales_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] and ranks[0] == ranks[1]
+    thresholds = [name for name in ranks[0] if name.endswith("log2_threshold")]
+    assert bool(thresholds) == ("qconfig.learn_scales=true" in backend)
     got = results(run_dir)
     assert got["world_size"] == 2 and got["status"] == "complete"
     assert 0 <= got["test_acc"] <= 100 and torch.isfinite(torch.tensor(got["acc_drop"]))

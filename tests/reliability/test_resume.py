@@ -150,3 +150,36 @@ def test_pt2e_qat_run_killed_and_resumed_ends_like_an_uninterrupted_run(
     assert got.keys() == want.keys() and want
     for name, tensor in want.items():
         assert torch.equal(got[name], tensor), name
+
+
+# qconfig.learn_scales: every fake-quantizer's log2 threshold is a parameter; they start from 2
+# calibration batches and move until quant.freeze_observer_epoch (2 of 3 epochs here).
+LEARNED = ["qconfig=pot_w4a4", "qconfig.learn_scales=true", "quant.scale_lr=0.5",
+           "quant.calibration_batches=2"]  # fmt: skip
+
+
+def _thresholds(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if "log2_threshold" in k}
+
+
+@pytest.mark.slow
+def test_learned_exponent_qat_killed_and_resumed_ends_like_an_uninterrupted_run(
+    fp32_checkpoint: str, tmp_path: Path
+) -> None:
+    """The thresholds, their frozen copies and their optimizer state come back from
+    last.ckpt: the resumed run ends with the same thresholds and the same int8 model."""
+    reference = tmp_path / "reference"
+    assert_ok(run_cli(QUANTIZE, *QAT_RUN, *LEARNED, fp32_checkpoint, run_dir=reference))
+    run_dir = tmp_path / "run"
+    kill_then_resume(QUANTIZE, [*QAT_RUN, *LEARNED, fp32_checkpoint], run_dir, "mid_epoch")
+    compare(reference, run_dir, QAT_METRICS, "learned-exponent QAT mid_epoch")
+    want, got = _thresholds(reference), _thresholds(run_dir)
+    assert want and got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    want = _int8_tensors(torch.load(reference / "model_int8_state_dict.pt"))
+    got = _int8_tensors(torch.load(run_dir / "model_int8_state_dict.pt"))
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
