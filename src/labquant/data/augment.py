@@ -30,6 +30,12 @@ def normalize(x: Tensor) -> Tensor:
     return x.to(torch.float32).div(255).sub_(mean).div_(std)
 
 
+def network_input(x: Tensor) -> Tensor:
+    """What a network takes: uint8 images normalized, already-normalized (float) ones as they
+    are (the data modules serve uint8 on the fast path and floats from torchvision)."""
+    return normalize(x) if x.dtype == torch.uint8 else x
+
+
 def gather_crops(
     x: Tensor,
     top: Tensor,

@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from labquant.data.augment import (
     crop_params,
     eval_transform,
+    network_input,
     normalize,
     pad_crop_flip,
     random_pad_crop_flip,
@@ -370,4 +371,4 @@ class _CalibrationView(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch[0], batch[1]
-        return (normalize(x) if x.dtype == torch.uint8 else x), y
+        return network_input(x), y

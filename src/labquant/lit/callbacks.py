@@ -132,7 +132,9 @@ class PrepareQuantization(pl.Callback):
         if self.qat:  # quantize.load_inputs checked that the backend offers QAT (check_mode)
             assert isinstance(self.backend, QATQuantizer)
             pl_module.net = self.backend.prepare_qat(net, self.qconfig, example)
-            if self.qconfig.learn_scales and self.calibration is not None:
+            if self.qconfig.learn_scales:  # thresholds that never start would not learn
+                if self.calibration is None:
+                    raise ValueError("qconfig.learn_scales needs the calibration batches")
                 self.backend.start_learned_scales(pl_module.net, self.calibration())
         else:
             pl_module.net = self.backend.prepare_ptq(net, self.qconfig, example)

@@ -22,12 +22,12 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
-from labquant.quant.learned import THRESHOLD
 from labquant.quant.qconfigs import QConfigSpec
 
 MODES = ("ptq", "qat")
-# The name of every learned-exponent parameter (its own optimizer group: lit/module.py).
-LEARNED_THRESHOLD = THRESHOLD
+# The name of every learned-exponent parameter (qconfig.learn_scales, quant/learned.py): lit/
+# gives the parameters of this name their own optimizer group.
+LEARNED_THRESHOLD = "log2_threshold"
 
 
 @runtime_checkable

@@ -39,11 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from labquant.quant.backend import LEARNED_THRESHOLD
 from labquant.quant.pot import threshold_divisor, zero_point_of
 
-# The parameter's name: lit/ gives every parameter of this name its own optimizer group
-# (quant.scale_lr, no weight decay) through quant/backend.py.
-THRESHOLD = "log2_threshold"
 _RULES = {"round": torch.round, "ceil": torch.floor, "floor": torch.ceil}
 # Where a threshold starts inside its exponent's bucket: the middle, for each rule.
 _CENTRE = {"round": 0.0, "ceil": 0.5, "floor": -0.5}
@@ -115,7 +113,7 @@ class LearnedThresholdCore:
 
     def setup_learned(self) -> None:
         """Called by each subclass's __init__ after its FakeQuantize's."""
-        self.register_parameter(THRESHOLD, nn.Parameter(torch.zeros(0)))  # type: ignore[attr-defined]
+        self.register_parameter(LEARNED_THRESHOLD, nn.Parameter(torch.zeros(0)))  # type: ignore[attr-defined]
         self.register_buffer("learning", torch.tensor(False))  # type: ignore[attr-defined]
         self.register_buffer("frozen_log2_threshold", torch.zeros(0))  # type: ignore[attr-defined]
         self._learning = False
@@ -184,7 +182,7 @@ class LearnedThresholdCore:
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any):
         """Thresholds and their frozen copy have as many entries as the checkpoint's."""
-        for name in (THRESHOLD, "frozen_log2_threshold"):
+        for name in (LEARNED_THRESHOLD, "frozen_log2_threshold"):
             saved = state_dict.get(f"{prefix}{name}")
             if saved is not None:
                 getattr(self, name).data = torch.empty_like(saved)
@@ -213,10 +211,11 @@ class LearnedThresholdCore:
             low = self.log2_divisor - self.max_shift_amount - 0.5
             theta.clamp_(low, self.log2_divisor + 0.5)
 
-    def learned_scales(self, threshold: Tensor | None = None) -> Tensor:
+    def learned_scales(self) -> Tensor:
         """The scale of each channel the module quantizes (one value per tensor)."""
-        threshold = self.effective_log2_threshold() if threshold is None else threshold
-        scale = learned_scale(threshold, self.log2_divisor, self.max_shift_amount, self.exponent)
+        scale = learned_scale(
+            self.effective_log2_threshold(), self.log2_divisor, self.max_shift_amount, self.exponent
+        )
         channels = self.scale.numel()
         if self.is_per_channel and scale.numel() != channels:
             scale = scale.expand(channels).contiguous()

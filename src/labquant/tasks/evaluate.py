@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labquant.data.augment import normalize
+from labquant.data.augment import network_input
 
 Model = Callable[[Tensor], Tensor]  # an nn.Module or a backend's deployable int8 model
 
@@ -22,11 +22,6 @@ Model = Callable[[Tensor], Tensor]  # an nn.Module or a backend's deployable int
 def _eval_mode(net: Model) -> None:
     if isinstance(net, nn.Module):
         net.eval()
-
-
-def _prepare_input(x: Tensor, device: torch.device | str) -> Tensor:
-    x = x.to(device)
-    return normalize(x) if x.dtype == torch.uint8 else x
 
 
 def evaluate(
@@ -59,7 +54,7 @@ def evaluate_confusion(
     counts: Tensor | None = None
     hits: list[Tensor] = []
     for x, y in batches:
-        logits = net(_prepare_input(x, device))
+        logits = net(network_input(x.to(device)))
         y = y.to(device)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         classes = logits.shape[1]

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from labquant.config.groups import is_option_file, load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
-from labquant.quant.backend import IntegerExporter, QuantBackend
+from labquant.quant.backend import IntegerExporter, QuantBackend, Quantizer
 from labquant.quant.layers import quantizable_layers
+from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json
 from labquant.reports.rebuild import with_export, write_lab
 from labquant.run_lock import run_folder_lock
@@ -190,6 +191,12 @@ def run_exports(
         run_stage(f"{name}/export", Path(export_cfg.paths.output_dir), export, export_cfg, "export")
 
 
+def stage_modes(backend: Quantizer, spec: QConfigSpec) -> list[str]:
+    """The modes a lab runs for one qconfig on one backend: the backend's, less those the
+    qconfig cannot run (learned exponents: QAT only)."""
+    return [mode for mode in backend.modes if mode in spec.modes]
+
+
 def quant_stages(
     cfg: DictConfig,
     lab_dir: Path,
@@ -199,12 +206,10 @@ def quant_stages(
 ) -> Iterator[tuple[str, Path, DictConfig]]:
     """(name, folder, config) of every stage of each backend's modes, in the order the lab runs
     them."""
+    specs = {name: instantiate(option, f"lab.qconfigs={name}") for name, option in qconfigs.items()}
     for entry in backends.values():
         for qconfig, option in qconfigs.items():
-            spec = instantiate(option, f"lab.qconfigs={qconfig}")
-            for mode in entry.backend.modes:
-                if mode not in spec.modes:
-                    continue  # learned exponents: QAT only
+            for mode in stage_modes(entry.backend, specs[qconfig]):
                 if mode == "ptq" and not is_global_zero():
                     continue  # one-process work: the other DDP ranks wait for the next DDP stage
                 name = stage_name(mode, qconfig, entry.backend)
@@ -251,9 +256,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         spec = instantiate(option, f"lab.qconfigs={name}")  # a bad one fails now, not after FP32
         spec.check_layers(layers)
         for entry in backends.values():
-            for mode in entry.backend.modes:
-                if mode in spec.modes:
-                    entry.backend.check(spec, mode)
+            for mode in stage_modes(entry.backend, spec):
+                entry.backend.check(spec, mode)
     check_reruns(cfg, lab_dir, qconfigs, backends)
 
     fp32_dir = lab_dir / "fp32"

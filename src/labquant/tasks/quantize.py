@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -29,7 +28,7 @@ from labquant.checkpoints import (
 )
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
-from labquant.data.augment import normalize
+from labquant.data.augment import network_input, normalize
 from labquant.data.tensors import TensorImageDataModule
 from labquant.errors import ConfigError
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
@@ -162,7 +161,7 @@ def calibration_batches(data: TensorImageDataModule, count: int) -> Iterator[Ten
     """The first `count` calibration batches (training images, no augmentation, seeded order),
     normalized: where QAT's learned exponents start (qconfig.learn_scales), as PTQ's do."""
     for x, _ in itertools.islice(data.calibration_dataloader(), count):
-        yield normalize(x) if x.dtype == torch.uint8 else x
+        yield network_input(x)
 
 
 def fine_tune(cfg: DictConfig, inputs: StageInputs) -> Tuned:

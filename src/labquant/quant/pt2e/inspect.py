@@ -111,7 +111,7 @@ def snap_biases(gm: GraphModule) -> int:
     return moved
 
 
-def _input_name(gm: GraphModule, node: Node, layers: dict[Node, str]) -> str:
+def _input_name(node: Node, layers: dict[Node, str]) -> str:
     """What a fake-quant's input is called: the module that computed it (`layer1.0.relu1`),
     the conv / linear it comes from through BN-fold and bias-snap nodes (`layer1.0.conv2`),
     the parameter (`fc.weight`) or the graph input (`x`)."""
@@ -144,7 +144,7 @@ def named_fake_quants(gm: nn.Module) -> list[tuple[str, FakeQuantizeBase]]:
         layers = {node: layer for layer, node in matmuls}
         for node in gm.graph.nodes:
             if node.op == "call_module" and str(node.target) not in targets and node.args:
-                targets[str(node.target)] = _input_name(gm, node.args[0], layers)
+                targets[str(node.target)] = _input_name(node.args[0], layers)
     named, seen = [], set()
     for name, m in gm.named_modules():
         if isinstance(m, FakeQuantizeBase):
