@@ -23,6 +23,8 @@ LAYERS: dict[str, int] = {
     "checkpoints": 0,
     "run_lock": 0,  # one process per run folder (an OS file lock)
     "onnx_runtime": 0,  # ONNX Runtime for any ONNX file (FP32 and int8)
+    "speed": 0,  # the one inference timer (quantize, the report, the bench)
+    "machine": 0,  # the CPU and its ISA (speed figures, precision and engine defaults)
     "config": 0,
     "reports": 0,
     "hw": 0,  # the integer-only reference: numpy, imports nothing above errors

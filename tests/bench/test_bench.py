@@ -99,15 +99,17 @@ def test_bench_figures_are_measured_and_consistent(bench_run) -> None:
             assert row["speedup"][name] == pytest.approx(
                 row["int8"][name] / row["fp32_best"], abs=1e-3
             )
+            # judged against the model's own convolutions at this batch, not the one big conv
             assert row["of_kernel"][name] == pytest.approx(
-                row["speedup"][name] / kernel["int8_over_fp32"], abs=1e-3
+                row["speedup"][name] / small["kernel"][batch]["int8_over_fp32"], abs=1e-3
             )
         # The worst qconfig decides (its best contender: here the only one).
         assert small[f"int8_speedup_{batch}"] == min(row["speedup"].values()) > 0
         assert small[f"int8_speedup_{batch}_path"] in contenders
         assert small[f"int8_of_kernel_{batch}"] == pytest.approx(
-            small[f"int8_speedup_{batch}"] / kernel["int8_over_fp32"], abs=1e-3
+            small[f"int8_speedup_{batch}"] / small["kernel"][batch]["int8_over_fp32"], abs=1e-3
         )
+        assert small["kernel"][batch]["convs"] > small["kernel"][batch]["shapes"] > 1
     for q in ("x86", "pot"):
         assert results["qat_step"][q]["step_ms"] > 0
         # The teacher's forward is extra work on top of the same QAT step.
@@ -157,7 +159,8 @@ def test_fp32_runtimes_agree_and_the_best_is_named() -> None:
     import torch
     from torch import nn
 
-    from labquant.tasks.fp32_paths import best_fp32, fp32_runtimes
+    from labquant.speed import best_fp32
+    from labquant.tasks.fp32_paths import fp32_runtimes
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
     x = torch.randn(2, 3, 8, 8)
@@ -191,6 +194,36 @@ def test_kernel_ratio_compares_the_best_of_each_side() -> None:
     )
 
 
+def test_model_kernel_limit_times_every_conv_shape_of_the_model() -> None:
+    import torch
+    from torch import nn
+
+    from labquant.tasks.bench.kernels import ConvShape, conv_shapes, model_kernel_ratio
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1),  # same shape as the one before: counted twice
+        nn.Conv2d(8, 16, 1, stride=2, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    shapes = conv_shapes(net, torch.zeros(2, 3, 32, 32))
+    repeated = ConvShape(8, 8, (3, 3), (1, 1), (1, 1), 1, (2, 8, 32, 32))
+    assert shapes[repeated] == 2 and sum(shapes.values()) == 4 and len(shapes) == 3
+    assert repeated.describe() == "conv3x3 8->8 @32"
+    limit = model_kernel_ratio(net, (1, 4), repeats=1)
+    for batch in ("b1", "b4"):
+        row = limit[batch]
+        assert (row["convs"], row["shapes"]) == (4, 3)
+        assert row["int8_over_fp32"] == pytest.approx(
+            row["ms"][row["fp32_best"]] / row["ms"][row["int8_best"]], rel=0.05
+        )
+    assert limit["int8_over_fp32"] == limit["b4"]["int8_over_fp32"]
+
+
 def test_inference_table_names_isa_best_fp32_and_slower_int8() -> None:
     from labquant.tasks.bench.report import inference_table
 
@@ -210,13 +243,18 @@ def test_inference_table_names_isa_best_fp32_and_slower_int8() -> None:
             "int8_best": "int8_x86",
             "fp32_best": "fp32_channels_last",
         },
-        "small": {"b1": row, "b256": {**row, "speedup": {"eager_x86": 1.5, "pt2e_pot": 1.1}}},
+        "small": {
+            "b1": row,
+            "b256": {**row, "speedup": {"eager_x86": 1.5, "pt2e_pot": 1.1}},
+            "kernel": {"b1": {"int8_over_fp32": 1.5, "convs": 15}, "b256": None},
+        },
     }
     md = "\n".join(inference_table(inference, "AVX2, no VNNI"))
     assert "CPU ISA: **AVX2, no VNNI**" in md and "int8 runs **1.50x** FP32" in md
     assert "| path | small b1 | small b256 |" in md
     assert "| **best FP32** | compiled (200) | compiled (200) |" in md
     assert "| int8 eager_x86 | 300 (1.50x; 1.00 of kernel) |" in md
+    assert "| kernel limit: the model's convs alone, int8 / FP32 | 1.50x (15 convs) | - |" in md
     assert "SLOWER than the best FP32 path here: small b1 (vs compiled): pt2e_pot 0.75x." in md
     row["speedup"]["pt2e_pot"] = 1.2
     assert "Every int8 path is faster" in "\n".join(inference_table(inference, "AVX2"))

@@ -10,12 +10,12 @@ from torch import nn
 
 from labquant.hw import reference
 from labquant.hw.program import IntegerProgram, check_program
+from labquant.machine import has_vnni
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import workflow
 from labquant.quant.eager.backend import EagerBackend
 from labquant.quant.eager.integer import integer_program, snap_biases, torch_layer_codes
 from labquant.quant.qconfigs import power_of_two
-from labquant.reports.machine import has_vnni
 
 
 def test_rounding_rules_on_ties() -> None:

@@ -38,6 +38,7 @@ def ptq_pt2e_pot(fp32_checkpoint_run, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("ptq_pt2e_pot")
     overrides = [*QUANT_MODEL, f"ckpt_path={run / fp32['checkpoint']}", *PT2E]
     overrides += ["quant=ptq", "qconfig=pot", "quant.calibration_batches=8"]
+    overrides += ["backend.stem=fp32"]  # the exact stem every CPU runs (auto: int8 with VNNI)
     return quantize(compose_config("quantize", overrides, out)), out
 
 
@@ -202,10 +203,34 @@ def test_qat_trains_against_the_folded_bias_that_convert_ships() -> None:
         torch.testing.assert_close(bias.detach(), ship, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("mode", "vnni", "int8"),
+    [("auto", True, True), ("auto", False, False), ("int8", False, True), ("fp32", True, False)],
+)
+def test_backend_stem_setting_decides_where_the_stem_runs(mode, vnni, int8, monkeypatch) -> None:
+    """auto: int8 where the converting CPU has VNNI / AMX (int32 sums, nothing saturates)."""
+    from labquant.quant.pt2e import backend as pt2e_backend
+
+    assert stem.int8_stem(mode, vnni) is int8
+    monkeypatch.setattr(pt2e_backend, "has_vnni", lambda: vnni)
+    net = small_resnet(layers=(1, 1), base_width=4, num_classes=3).eval()
+    backend = PT2EBackend(compile=False, onnx=False, stem=mode)
+    x = torch.randn(4, 3, 8, 8)
+    prepared = backend.prepare_ptq(net, qconfig_spec("pot"), x)
+    prepared(x)
+    gm = backend.convert(prepared, qconfig_spec("pot"), x).module
+    (first,) = [
+        n for n in gm.graph.nodes if n.op == "call_function" and stem.reads_network_input(n)
+    ]
+    expected = "dequantize_per_channel" if int8 else "dequantize_per_tensor"
+    assert expected in str(first.args[1].target)
+
+
 def test_the_stem_conv_keeps_out_of_the_saturating_int8_kernels(ptq_pt2e_pot) -> None:
-    """pot: the stem's weight is dequantized per tensor in the .pt2 (Inductor lowers per-channel
-    weight dequant only, so the stem runs exactly in FP32) and is uint8 with zero point 128 in
-    the .onnx (ORT's U8U8 kernel); the codes and the scale are the same."""
+    """pot, backend.stem=fp32: the stem's weight is dequantized per tensor in the .pt2
+    (Inductor lowers per-channel weight dequant only, so the stem runs exactly in FP32) and is
+    uint8 with zero point 128 in the .onnx (ORT's U8U8 kernel); the codes and the scale are
+    the same."""
     results, out = ptq_pt2e_pot
     gm = load_pt2(out / results["int8_pt2"]).module()
     convs = [n for n in gm.graph.nodes if n.target is torch.ops.aten.conv2d.default]

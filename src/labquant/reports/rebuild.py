@@ -80,7 +80,7 @@ def with_export(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 def bitexact_note(stage: str, results: dict[str, Any]) -> str:
     """One line of the lab report: the integer reference against torch's int8 model."""
-    machine = results.get("isa") or {}  # reports/machine.cpu(): name and ISA
+    machine = results.get("isa") or {}  # labquant.machine.cpu(): name and ISA
     cpu = f"{machine.get('name')}, {machine.get('isa')}"
     return (
         f"{stage}/export: integer-only reference (hardware semantics, {results['rounding']}) "

@@ -8,6 +8,7 @@ from typing import Any
 
 from labquant.reports.artifacts import write_json, write_text
 from labquant.reports.lab_figures import write_lab_figures
+from labquant.speed import best_fp32_speed
 
 COLUMNS = (
     ("Model", "label"),
@@ -34,15 +35,12 @@ def worst_layers(layers: list[dict[str, Any]], count: int = 5) -> list[dict[str,
 
 def best_fp32(results: dict[str, Any]) -> dict[str, Any]:
     """The fastest FP32 path a stage measured beside its int8 model, per batch size:
-    {"b1": (path, ms), "b256": (path, img/s)}; older results know eager FP32 only."""
+    {"b1": (path, ms), "b256": (path, img/s)}, by labquant.speed's rule (the bench's); older
+    results know eager FP32 only."""
     paths = results.get("fp32_latencies") or (
         {"eager": results["fp32_latency"]} if results.get("fp32_latency") else {}
     )
-    if not paths:
-        return {}
-    b1 = min(paths.items(), key=lambda kv: kv[1]["latency_b1_ms"])
-    b256 = max(paths.items(), key=lambda kv: kv[1]["img_s_b256"])
-    return {"b1": (b1[0], b1[1]["latency_b1_ms"]), "b256": (b256[0], b256[1]["img_s_b256"])}
+    return best_fp32_speed(paths)
 
 
 def stage_row(

@@ -4,8 +4,6 @@ references measured the same way, so accuracy drops compare like with like."""
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -88,29 +86,4 @@ def paired_drop(reference: Evaluation, quantized: Evaluation) -> dict[str, Any]:
         "acc_drop_ci95": round(100.0 * half_width, 4),
         "only_fp32_correct": int((diff > 0).sum()),
         "only_int8_correct": int((diff < 0).sum()),
-    }
-
-
-@torch.inference_mode()
-def images_per_second(net: Model, batch: Tensor, repeats: int = 5, warmup: int = 2) -> float:
-    """Median throughput over `repeats` timed forward passes after `warmup` untimed ones."""
-    _eval_mode(net)
-    for _ in range(warmup):
-        net(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        net(batch)
-        times.append(time.perf_counter() - start)
-    return len(batch) / statistics.median(times)
-
-
-def cpu_latency(net: Model, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, float]:
-    """The report's two CPU figures: batch-1 latency (ms) and batch-256 throughput (img/s)."""
-    gen = torch.Generator().manual_seed(0)
-    one = torch.randn(1, *image_shape, generator=gen)
-    many = torch.randn(256, *image_shape, generator=gen)
-    return {
-        "latency_b1_ms": round(1000.0 / images_per_second(net, one, repeats=50, warmup=5), 3),
-        "img_s_b256": round(images_per_second(net, many, repeats=5, warmup=1), 1),
     }

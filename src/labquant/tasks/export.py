@@ -19,10 +19,10 @@ from labquant.errors import ConfigError
 from labquant.hw import reference
 from labquant.hw.golden import write_golden
 from labquant.hw.program import check_program
+from labquant.machine import cpu, has_vnni
 from labquant.quant.backend import IntegerExporter
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json, write_json
-from labquant.reports.machine import cpu, has_vnni
 from labquant.tasks.checks import check_stage_files, stage_files
 from labquant.tasks.fingerprint import settings_record
 

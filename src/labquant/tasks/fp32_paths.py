@@ -109,13 +109,3 @@ def fp32_runtimes(
     if onnx and onnx_runtime.available():
         runtimes["onnxruntime"] = onnxruntime_runtime(net, example, workdir)
     return runtimes
-
-
-def best_fp32(figures: dict[str, float], *, higher_is_better: bool = True) -> tuple[str, float]:
-    """(name, value) of the fastest path in `figures`: the highest throughput (img/s), or the
-    lowest latency with `higher_is_better=False`."""
-    if not figures:
-        raise ValueError("best_fp32 needs at least one figure")
-    pick = max if higher_is_better else min
-    name = pick(figures, key=lambda key: figures[key])
-    return name, figures[name]

@@ -33,15 +33,16 @@ from labquant.data.tensors import TensorImageDataModule
 from labquant.errors import ConfigError
 from labquant.lit.callbacks import PrepareQuantization, QATSchedule
 from labquant.lit.loggers import StageTensorBoardLogger
+from labquant.machine import cpu
 from labquant.quant.backend import QuantBackend
 from labquant.quant.layers import packed_size_mib, quantizable_layers, total_bitops
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
-from labquant.reports.machine import cpu
 from labquant.reports.table import worst_layers
+from labquant.speed import best_fp32_speed, cpu_speed
 from labquant.tasks.checks import check_batch_size, check_qat_resume
 from labquant.tasks.common import build_module, build_trainer, model_name
-from labquant.tasks.evaluate import Evaluation, cpu_latency, evaluate_confusion, paired_drop
+from labquant.tasks.evaluate import Evaluation, evaluate_confusion, paired_drop
 from labquant.tasks.fp32_paths import fp32_runtimes
 from labquant.tasks.stage_end import finish_stage
 
@@ -264,19 +265,24 @@ def stage_results(
 def measure_speed(
     cfg: DictConfig, int8: Any, runtimes: dict[str, Any], fp32_net: nn.Module, batch: Tensor
 ) -> dict[str, Any]:
-    """CPU latency of the int8 model, of its other runtimes, and of every FP32 path (eager,
-    Inductor-compiled, ONNX Runtime when installed), measured in this run, side by side: the
-    report compares int8 with the BEST FP32 path, the one a user would deploy."""
+    """CPU speed of the int8 model, of its other runtimes and of every FP32 path (eager,
+    Inductor-compiled, ONNX Runtime when installed), all timed together by labquant.speed (the
+    bench's timer): the report compares int8 with the BEST FP32 path, the one a user would
+    deploy, and names it (`fp32_best`)."""
     wanted = list(cfg.quant.get("fp32_paths") or ["eager"])
     fp32_paths = fp32_runtimes(
         fp32_net, batch[:2], compile="compiled" in wanted, onnx="onnxruntime" in wanted
     )
-    fp32 = {name: cpu_latency(run) for name, run in fp32_paths.items() if name in wanted}
+    fp32_runs = {f"fp32_{name}": run for name, run in fp32_paths.items() if name in wanted}
+    runs = {"int8": int8, **runtimes, **fp32_runs}
+    figures = cpu_speed(runs, image_shape=tuple(batch.shape[1:]))
+    fp32 = {name: figures[f"fp32_{name}"] for name in fp32_paths if name in wanted}
     return {
-        "latency": cpu_latency(int8),
-        **{f"{name}_latency": cpu_latency(run) for name, run in runtimes.items()},
+        "latency": figures["int8"],
+        **{f"{name}_latency": figures[name] for name in runtimes},
         "fp32_latency": fp32["eager"],
         "fp32_latencies": fp32,
+        "fp32_best": {key: list(pick) for key, pick in best_fp32_speed(fp32).items()},
         "cpu": cpu(),  # the ISA decides the int8 / FP32 ratio: reports name it
     }
 

@@ -102,6 +102,8 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         "state_dict": FP32_STATE_DICT,
         "checkpoint": relative_best,
         "device": str(trainer.strategy.root_device),
+        # what the weights were trained in (the default follows the CPU: bf16-mixed with AMX)
+        "precision": str(trainer.precision),
         **distributed,
         "seed": cfg.seed,
     }

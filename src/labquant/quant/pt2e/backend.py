@@ -27,6 +27,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, 
 
 from labquant import onnx_runtime
 from labquant.errors import ConfigError
+from labquant.machine import has_vnni
 from labquant.onnx_runtime import OnnxRuntimeModel
 from labquant.quant import learned
 from labquant.quant.backend import check_mode
@@ -35,7 +36,6 @@ from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
-from labquant.reports.machine import has_vnni
 
 INT8_PT2 = "model_int8.pt2"
 INT8_ONNX = "model_int8.onnx"
@@ -48,9 +48,10 @@ FIX_FILE = "pass stage_dir / int8 path of a complete backend=pt2e stage (rerun l
 class PT2EInt8Model:
     """The converted, re-exported int8 program; calling it runs Inductor's int8 kernels.
 
-    Each batch shape is compiled once (30-60 s with freezing on 2 cores); a batch smaller than
-    one already compiled is padded to it (the last batch of an evaluation) instead of paying
-    another compile. `compile=False` runs the Q/DQ graph as it is (float simulation, slow).
+    Each batch shape is compiled once, on its first call (30-60 s with freezing on 2 cores), and
+    computes exactly the rows it is given: no batch is padded to a shape compiled before, so a
+    batch-256 figure is the cost of 256 images. `compile=False` runs the Q/DQ graph as it is
+    (float simulation, slow).
     """
 
     program: torch.export.ExportedProgram
@@ -65,29 +66,20 @@ class PT2EInt8Model:
             self._module = self.program.module()
         return self._module
 
-    def _runner(self, batch: int) -> tuple[Any, int]:
+    def _runner(self, batch: int) -> Any:
         if not self.compile:
-            return self.module, batch
-        if batch in self._compiled:
-            return self._compiled[batch], batch
-        larger = [b for b in self._compiled if b > batch > 1]
-        if larger:
-            size = min(larger)
-            return self._compiled[size], size
-        import torch._inductor.config as inductor_config
+            return self.module
+        if batch not in self._compiled:
+            import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True
-        self._compiled[batch] = torch.compile(copy.copy(self.module), dynamic=False)
-        return self._compiled[batch], batch
+            inductor_config.freezing = True
+            self._compiled[batch] = torch.compile(copy.copy(self.module), dynamic=False)
+        return self._compiled[batch]
 
     def __call__(self, x: Tensor) -> Tensor:
         x = x.detach().cpu().contiguous()
-        run, size = self._runner(len(x))
         with torch.no_grad():
-            if size == len(x):
-                return run(x)
-            padded = torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])
-            return run(padded)[: len(x)]
+            return self._runner(len(x))(x)
 
 
 class PT2EBackend:
@@ -98,9 +90,12 @@ class PT2EBackend:
     modes = ("ptq", "qat")
     stage_suffix = "_pt2e"
 
-    def __init__(self, compile: bool = True, onnx: bool = True) -> None:
+    def __init__(
+        self, compile: bool = True, onnx: bool = True, stem: stem.StemMode = "auto"
+    ) -> None:
         self.compile = bool(compile)
         self.onnx = bool(onnx)
+        self.stem = stem
 
     def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
         check_mode(self, mode)
@@ -157,7 +152,8 @@ class PT2EBackend:
         if qconfig.power_of_two and qconfig.snap_bias:
             inspect.snap_biases(converted)
         if qconfig.power_of_two:
-            stem.per_tensor_stem_weight(converted)  # exact on every CPU (quant/pt2e/stem.py)
+            if not stem.int8_stem(self.stem, has_vnni()):  # quant/pt2e/stem.py
+                stem.per_tensor_stem_weight(converted)
             widths.clamp_narrow_codes(converted)  # narrowed codes in every runtime
         graph.drop_unused_state(converted)
         example = example[:2].detach().cpu().clone()  # not a view: export would store its base

@@ -10,17 +10,24 @@ exact arithmetic 68.24 %, fbgemm's pairing 67.85 % (what eager and ORT give), on
 (what Inductor gave); exact stem and oneDNN pairing elsewhere: 68.24 %. No other layer of that
 model saturates.
 
-So for power-of-two qconfigs the converted program dequantizes the stem's int8 weight per
-tensor (pot weights have one scale; the backend writes it per channel only so that Inductor
-lowers the other convs): Inductor's int8 lowering matches per-channel weight dequant only, so
-the stem runs as an FP32 conv on the dequantized codes, which is exact (8-bit codes times
-powers of two, 27-term sums far below 2**24, a power-of-two requantization). The file keeps
-the int8 weight. The stem is about 1 % of the network's multiply-adds.
+So on such a CPU the converted program of a power-of-two qconfig dequantizes the stem's int8
+weight per tensor (pot weights have one scale; the backend writes it per channel only so that
+Inductor lowers the other convs): Inductor's int8 lowering matches per-channel weight dequant
+only, so the stem runs as an FP32 conv on the dequantized codes, which is exact (8-bit codes
+times powers of two, 27-term sums far below 2**24, a power-of-two requantization). The file
+keeps the int8 weight. The stem is about 1 % of the network's multiply-adds, but not of its
+time: at batch 256 on 2 AMX cores the FP32 stem took a quarter of the small model's time and
+held pt2e pot_unsigned at 6,300 img/s against 13,100 with an int8 stem (x86: 13,400).
+
+With VNNI or AMX the int8 kernels sum u8 x s8 products in int32 (`vpdpbusd`, AMX tiles):
+nothing saturates, so the stem stays int8 there. `backend.stem` decides: `auto` (int8 where
+the CPU that converts has VNNI), `int8` or `fp32` (the exact FP32 stem on every CPU, e.g. for a
+.pt2 that will run on an AVX2 machine).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.fx import GraphModule, Node
@@ -32,6 +39,14 @@ _CONV = torch.ops.aten.conv2d.default
 _DQ_PER_CHANNEL = torch.ops.quantized_decomposed.dequantize_per_channel.default
 _DQ_PER_TENSOR = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 _Q_PER_TENSOR = torch.ops.quantized_decomposed.quantize_per_tensor.default
+
+
+StemMode = Literal["auto", "int8", "fp32"]
+
+
+def int8_stem(mode: StemMode, vnni: bool) -> bool:
+    """Whether the stem conv runs in Inductor's int8 kernel (see the module docstring)."""
+    return mode == "int8" or (mode == "auto" and vnni)
 
 
 def reads_network_input(conv: Node) -> bool:

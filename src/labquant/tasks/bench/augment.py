@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from labquant.data.augment import normalize, random_pad_crop_flip, train_transform
 from labquant.data.tensors import PILImageDataset
-from labquant.tasks.bench.timing import best_seconds, rate, ratio
+from labquant.speed import best_seconds, rate, ratio
 
 
 def bench_augment(

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from labquant.speed import best_seconds, rate, ratio
 from labquant.tasks.bench.common import build_model, synthetic_data
-from labquant.tasks.bench.timing import best_seconds, rate, ratio
 from labquant.tasks.bench.training import lightning_epochs
 
 

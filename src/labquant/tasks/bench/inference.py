@@ -7,9 +7,11 @@ form it ships (eager: frozen TorchScript; pt2e: the Q/DQ program through Inducto
 runtime of its saved artifacts (pt2e: ONNX Runtime on model_int8.onnx, named `ort_<qconfig>`),
 for every qconfig. All of them are timed round-robin, so a busy spell hits each alike.
 
-Each int8 figure is reported against the BEST FP32 path (speedup) and against the machine's
-own int8 / FP32 conv kernel ratio (kernels.py): `of_kernel` = speedup / kernel ratio, the share
-of what this CPU's int8 kernels allow that the whole network gets.
+Each int8 figure is reported against the BEST FP32 path (speedup) and against that model's own
+int8 / FP32 kernel limit at that batch size (kernels.py: every conv shape of the model timed
+alone, summed; `<model>.kernel`): `of_kernel` = speedup / that limit, the share of what this
+CPU's int8 kernels allow on these layers that the whole network gets. `inference.kernel`, one
+large 3x3 conv, is the CPU's own ratio, for comparison between CPUs.
 """
 
 from __future__ import annotations
@@ -26,16 +28,15 @@ from torch import Tensor, nn
 
 from labquant.config.groups import load_group_option
 from labquant.config.instantiate import instantiate
+from labquant.machine import cpu
 from labquant.quant.backend import Int8Model, QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
-from labquant.reports.machine import cpu
+from labquant.speed import BATCH_SIZES, best_fp32, ratio, speed_by_batch
 from labquant.tasks.bench.common import build_model, normalized_batch
-from labquant.tasks.bench.kernels import bench_kernel_ratio
-from labquant.tasks.bench.timing import interleaved_best_seconds, rate, ratio
-from labquant.tasks.fp32_paths import best_fp32, fp32_runtimes
+from labquant.tasks.bench.kernels import bench_kernel_ratio, model_kernel_ratio
+from labquant.tasks.fp32_paths import fp32_runtimes
 
-BATCH_SIZES = (1, 256)
 # Short names of a backend's other runtimes in bench.json (`ort_x86`).
 RUNTIME_PREFIX = {"onnxruntime": "ort"}
 
@@ -72,15 +73,6 @@ def shipped_runtimes(backend: QuantBackend, int8: Int8Model) -> dict[str, Runner
         return dict(backend.runtimes(Path(tmp), saved))
 
 
-def interleaved_img_s(runs: dict[str, Runner], batch: Tensor, repeats: int) -> dict[str, float]:
-    """Images per second of each runtime, timed round-robin; the warm-up passes let oneDNN build
-    its kernels for this shape and Inductor compile it (not timed)."""
-    calls = {name: (lambda run=run: run(batch)) for name, run in runs.items()}
-    with torch.inference_mode():
-        seconds = interleaved_best_seconds(calls, repeats, warmup=2 if len(batch) == 1 else 1)
-    return {name: rate(len(batch), s) for name, s in seconds.items()}
-
-
 def batch_row(
     fp32: dict[str, float], int8: dict[str, float], kernel_ratio: float | None
 ) -> dict[str, Any]:
@@ -103,6 +95,25 @@ def batch_row(
     return row
 
 
+def timed_rows(
+    fp32_paths: dict[str, Runner],
+    int8: dict[str, Runner],
+    repeats: dict[int, int],
+    kernel_ratios: dict[int, float] | None,
+) -> dict[str, Any]:
+    """`b1` and `b256`: every path timed together by labquant.speed, labquant-quantize's
+    timer, so the lab report and the bench agree on the same model and CPU."""
+    measured = speed_by_batch({**fp32_paths, **int8}, repeats)
+    return {
+        f"b{b}": batch_row(
+            {path: measured[b][path] for path in fp32_paths},
+            {contender: measured[b][contender] for contender in int8},
+            (kernel_ratios or {}).get(b),
+        )
+        for b in BATCH_SIZES
+    }
+
+
 def headline(
     row: dict[str, Any], flavours: dict[str, list[str]], kernel_ratio: float | None, key: str
 ) -> dict[str, Any]:
@@ -116,6 +127,8 @@ def headline(
     out = {f"int8_speedup_{key}": speedup, f"int8_speedup_{key}_path": decisive}
     if kernel_ratio:
         out[f"int8_of_kernel_{key}"] = ratio(speedup, kernel_ratio)
+    if "pt2e_pot" in row["int8"] and "pt2e_x86" in row["int8"]:
+        out[f"pt2e_pot_over_x86_{key}"] = ratio(row["int8"]["pt2e_pot"], row["int8"]["pt2e_x86"])
     return out
 
 
@@ -127,10 +140,11 @@ def bench_model(
     calibration_batches: int,
     compile: bool = True,
     onnx: bool = True,
-    kernel_ratio: float | None = None,
+    kernel_repeats: int | None = None,
     timed: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(inference row, sizes row) of one model; `timed=False`: the sizes only."""
+    """(inference row, sizes row) of one model; `kernel_repeats`: rounds of the model's own
+    kernel limit (None: none measured); `timed=False`: the sizes only."""
     fp32 = build_model(name).eval()
     calibration = [normalized_batch(64, seed=i)[0] for i in range(calibration_batches)]
     fp32_mib = serialized_mib(fp32.state_dict())
@@ -158,18 +172,13 @@ def bench_model(
         return {}, sizes
     int8.update(others)
     fp32_paths = fp32_runtimes(fp32, calibration[0], compile=compile, onnx=onnx)
-    row: dict[str, Any] = {}
+    kernel = model_kernel_ratio(fp32, BATCH_SIZES, kernel_repeats) if kernel_repeats else None
+    ratios = {b: kernel[f"b{b}"]["int8_over_fp32"] for b in BATCH_SIZES} if kernel else None
+    row = timed_rows(fp32_paths, int8, repeats, ratios)
+    if kernel:
+        row["kernel"] = kernel
     for b in BATCH_SIZES:
-        key = f"b{b}"
-        batch = normalized_batch(b, seed=100 + b)[0]
-        measured = interleaved_img_s({**fp32_paths, **int8}, batch, repeats[b])
-        row[key] = batch_row(
-            {path: measured[path] for path in fp32_paths},
-            {contender: measured[contender] for contender in int8},
-            kernel_ratio,
-        )
-    for b in BATCH_SIZES:
-        row.update(headline(row[f"b{b}"], flavours, kernel_ratio, f"b{b}"))
+        row.update(headline(row[f"b{b}"], flavours, (ratios or {}).get(b), f"b{b}"))
     return row, sizes
 
 
@@ -193,10 +202,8 @@ def bench_inference(
         "isa": cpu()["isa"],
         "backends": [b.name for b in backends.values()],
     }
-    kernel_ratio = None
     if timed and kernel is not None:
         inference["kernel"] = bench_kernel_ratio(**kernel)
-        kernel_ratio = inference["kernel"]["int8_over_fp32"]
     sizes: dict[str, Any] = {
         "file": "int8_mib: what labquant saves per backend (eager: state_dict, pt2e: .pt2)"
     }
@@ -210,7 +217,7 @@ def bench_inference(
             calibration_batches,
             compile=compile,
             onnx=onnx,
-            kernel_ratio=kernel_ratio,
+            kernel_repeats=kernel.get("repeats", 10) if kernel is not None else None,
             timed=timed,
         )
         if timed:

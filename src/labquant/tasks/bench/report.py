@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from labquant.errors import ConfigError
-from labquant.reports.machine import cpu
+from labquant.machine import cpu
 
 _OPERATORS = {">=": operator.ge, "<=": operator.le}
 
@@ -122,14 +122,26 @@ def inference_table(inference: dict[str, Any], isa: str) -> list[str]:
             f"kernel ratio ({kernel['shape']}): int8 runs **{kernel['int8_over_fp32']:.2f}x** "
             f"FP32 ({kernel['int8_best']} vs {kernel['fp32_best']}). "
         )
+    limits = [inference[model].get("kernel", {}).get(b) for model, b, _ in columns]
+    own = any(limits)
     lines[-1] += "int8 cells: img/s (speedup over the best FP32 path" + (
-        "; that speedup as a fraction of the kernel ratio)." if kernel else ")."
+        "; that speedup as a fraction of the model's own kernel limit at that batch)."
+        if own
+        else ")."
     )
     lines += [
         "",
         "| path | " + " | ".join(f"{model} {b}" for model, b, _ in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
+    if own:
+        cells = [
+            f"{limit['int8_over_fp32']:.2f}x ({limit['convs']} convs)" if limit else "-"
+            for limit in limits
+        ]
+        lines.append(
+            "| kernel limit: the model's convs alone, int8 / FP32 | " + " | ".join(cells) + " |"
+        )
     for path in _paths(columns, "fp32"):
         cells = [_img_s(row["fp32"][path]) if path in row["fp32"] else "-" for *_, row in columns]
         lines.append(f"| FP32 {path} | " + " | ".join(cells) + " |")

@@ -19,8 +19,8 @@ from labquant.lit.callbacks import EpochTimer, NonFiniteLossGuard
 from labquant.lit.module import ClassifierModule, FrozenTeacher, distillation_loss
 from labquant.quant.backend import QATQuantizer
 from labquant.quant.qconfigs import QConfigSpec
+from labquant.speed import interleaved_best_seconds, rate, ratio
 from labquant.tasks.bench.common import SGD, build_model, normalized_batch, synthetic_data
-from labquant.tasks.bench.timing import interleaved_best_seconds, rate, ratio
 
 
 def lightning_epochs(
