@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
+from labquant.machine import has_amx_bf16
+
 
 def step_epoch(step: int, max_epochs: int, reference_epochs: int = 40) -> int:
     """The StepLR epoch, kept where it is when it falls inside the budget, else scaled.
@@ -27,14 +29,19 @@ def warmup_epochs(warmup: int, max_epochs: int) -> int:
 
 
 def default_precision(accelerator: str) -> str:
-    """`bf16-mixed` where FP32 training will run on a GPU with bf16 support, else `32-true`.
+    """`bf16-mixed` where FP32 training will run on a GPU with bf16 support or on a CPU with
+    AMX-BF16, else `32-true`.
 
-    bf16 keeps fp32's exponent range (no loss scaling) and roughly doubles convolution
-    throughput on tensor cores; on the CPU it is slower, so the CPU stays in fp32. QAT always
-    trains in fp32 (labquant-quantize sets it): fake quantization needs fp32 rounding.
+    bf16 keeps fp32's exponent range (no loss scaling). On tensor cores it roughly doubles
+    convolution throughput; on a CPU with AMX-BF16 the quick recipe's epoch took 4.1 s against
+    6.4 s in fp32 at the same test accuracy (docs/speed.md). Without AMX, oneDNN has no fast
+    bf16 training kernels and the CPU stays in fp32. QAT always trains in fp32
+    (labquant-quantize sets it): fake quantization needs fp32 rounding.
     """
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if has_amx_bf16() else "32-true"
 
 
 RESOLVERS = {
