@@ -67,10 +67,17 @@ def test_pt2e_program_compiles_each_batch_shape_instead_of_padding(monkeypatch) 
     from labquant.quant.pt2e.backend import PT2EInt8Model
 
     seen: list[int] = []
+    wrappers: dict[int, bool] = {}
 
-    def fake_compile(module, dynamic):  # Inductor takes 30-60 s; the shape handling is ours
+    def fake_compile(module, dynamic, options):  # Inductor takes 30-60 s; the shapes are ours
         assert dynamic is False
-        return lambda x: seen.append(len(x)) or x.sum(dim=(1, 2, 3))
+
+        def run(x: Tensor) -> Tensor:
+            seen.append(len(x))
+            wrappers[len(x)] = options["cpp_wrapper"]
+            return x.sum(dim=(1, 2, 3))
+
+        return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = PT2EInt8Model(program=None, qconfig="pot")  # type: ignore[arg-type]
@@ -79,6 +86,10 @@ def test_pt2e_program_compiles_each_batch_shape_instead_of_padding(monkeypatch) 
         assert model(torch.ones(size, 3, 2, 2)).shape == (size,)
     assert seen == [512, 505, 256, 1, 256]
     assert sorted(model._compiled) == [1, 256, 505, 512]
+    # Batch 1 through Inductor's C++ wrapper, as the FP32 compiled path at that size
+    assert wrappers == {512: False, 505: False, 256: False, 1: True}
+    assert speed.inductor_options(1) == {"cpp_wrapper": True}
+    assert speed.inductor_options(256) == {"cpp_wrapper": False}
 
 
 def test_quantize_report_and_bench_time_the_same_way(monkeypatch) -> None:

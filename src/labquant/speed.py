@@ -22,6 +22,18 @@ Clock = Callable[[], float]
 Runner = Callable[[Tensor], object]
 
 BATCH_SIZES = (1, 256)
+# Up to this batch Inductor's Python wrapper (one Python call per kernel) costs more than the
+# kernels: the generated C++ wrapper was 29 % faster at batch 1 for the int8 program and 10 % for
+# FP32 on 2 AMX cores (docs/speed.md); above it the wrapper is noise and compiles slower.
+CPP_WRAPPER_MAX_BATCH = 8
+
+
+def inductor_options(batch_size: int) -> dict[str, bool]:
+    """torch.compile options for one batch shape, the same for every Inductor runtime (FP32
+    and int8), so neither side of a speedup gets a wrapper the other lacks."""
+    return {"cpp_wrapper": batch_size <= CPP_WRAPPER_MAX_BATCH}
+
+
 # Rounds per batch size where a caller names none (labquant-quantize; the bench has settings).
 DEFAULT_ROUNDS: Mapping[int, int] = {1: 50, 256: 5}
 CLOCK: Clock = time.perf_counter  # the clock every timer reads unless it is given one (tests)

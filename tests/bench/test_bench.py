@@ -106,6 +106,7 @@ def test_bench_figures_are_measured_and_consistent(bench_run) -> None:
         # The worst qconfig decides (its best contender: here the only one).
         assert small[f"int8_speedup_{batch}"] == min(row["speedup"].values()) > 0
         assert small[f"int8_speedup_{batch}_path"] in contenders
+        assert small[f"deploy_{batch}"] == {"x86": "eager_x86", "pot": "eager_pot"}
         assert small[f"int8_of_kernel_{batch}"] == pytest.approx(
             small[f"int8_speedup_{batch}"] / small["kernel"][batch]["int8_over_fp32"], abs=1e-3
         )
@@ -247,6 +248,7 @@ def test_inference_table_names_isa_best_fp32_and_slower_int8() -> None:
             "b1": row,
             "b256": {**row, "speedup": {"eager_x86": 1.5, "pt2e_pot": 1.1}},
             "kernel": {"b1": {"int8_over_fp32": 1.5, "convs": 15}, "b256": None},
+            "deploy_b1": {"x86": "eager_x86", "pot": "pt2e_pot"},
         },
     }
     md = "\n".join(inference_table(inference, "AVX2, no VNNI"))
@@ -256,6 +258,8 @@ def test_inference_table_names_isa_best_fp32_and_slower_int8() -> None:
     assert "| int8 eager_x86 | 300 (1.50x; 1.00 of kernel) |" in md
     assert "| kernel limit: the model's convs alone, int8 / FP32 | 1.50x (15 convs) | - |" in md
     assert "SLOWER than the best FP32 path here: small b1 (vs compiled): pt2e_pot 0.75x." in md
+    assert "Deploy on this CPU (AVX2, no VNNI)" in md
+    assert "- small b1: x86: eager_x86 (1.50x), pot: pt2e_pot (0.75x)" in md
     row["speedup"]["pt2e_pot"] = 1.2
     assert "Every int8 path is faster" in "\n".join(inference_table(inference, "AVX2"))
 

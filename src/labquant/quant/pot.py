@@ -362,20 +362,23 @@ class PotObserverCore:
         if x_orig.numel() == 0:
             return x_orig
         x = x_orig.detach().to(self.min_val.dtype)
-        rows = self._rows(x)
-        min_cur, max_cur = torch.aminmax(rows, dim=1)
         if self.channel_statistics:
+            rows = self._rows(x)
+            min_cur, max_cur = torch.aminmax(rows, dim=1)
             if self.min_val.numel() != rows.shape[0]:
                 self.min_val.resize_(rows.shape[0]).fill_(float("inf"))
                 self.max_val.resize_(rows.shape[0]).fill_(float("-inf"))
         else:
+            # The whole tensor at once: a (1, -1) view of a channels_last activation is a copy,
+            # and a one-row reduction runs on one thread (a third of a QAT step's observer time).
+            min_cur, max_cur = torch.aminmax(x)
             min_cur = min_cur.reshape(self.min_val.shape)
             max_cur = max_cur.reshape(self.max_val.shape)
         self.min_val.copy_(torch.fmin(min_cur, self.min_val))
         self.max_val.copy_(torch.fmax(max_cur, self.max_val))
         if self.range_method != "minmax":
             if self.weights:
-                self._search_weight(rows if self.channel_scales else rows.reshape(1, -1))
+                self._search_weight(rows if self.channel_scales else x.reshape(1, -1))
             else:
                 LogHistogram.add(self.histogram, x)  # type: ignore[attr-defined]
         return x_orig

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from labquant import onnx_runtime
+from labquant.speed import inductor_options
 
 FP32_ONNX = "model_fp32.onnx"
 
@@ -45,17 +46,24 @@ class EagerRuntime:
 
 class CompiledRuntime:
     """torch.compile(Inductor, freezing on, static shapes): the first call with each batch
-    size compiles; later calls with that size run the generated code."""
+    size compiles (with the options the pt2e int8 program gets at that size,
+    labquant.speed.inductor_options); later calls with that size run the generated code."""
 
     def __init__(self, net: nn.Module) -> None:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # as the pt2e int8 path sets it: constants folded
-        self.compiled = torch.compile(net, dynamic=False)
+        self.net = net
+        self.compiled: dict[int, Callable[[Tensor], Tensor]] = {}
 
     def __call__(self, x: Tensor) -> Tensor:
+        size = len(x)
+        if size not in self.compiled:
+            self.compiled[size] = torch.compile(
+                self.net, dynamic=False, options=inductor_options(size)
+            )
         with torch.no_grad():
-            return self.compiled(x.contiguous())
+            return self.compiled[size](x.contiguous())
 
 
 def export_fp32_onnx(net: nn.Module, example: Tensor, path: Path) -> None:

@@ -36,6 +36,7 @@ from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
+from labquant.speed import inductor_options
 
 INT8_PT2 = "model_int8.pt2"
 INT8_ONNX = "model_int8.onnx"
@@ -48,8 +49,9 @@ FIX_FILE = "pass stage_dir / int8 path of a complete backend=pt2e stage (rerun l
 class PT2EInt8Model:
     """The converted, re-exported int8 program; calling it runs Inductor's int8 kernels.
 
-    Each batch shape is compiled once, on its first call (30-60 s with freezing on 2 cores), and
-    computes exactly the rows it is given: no batch is padded to a shape compiled before, so a
+    Each batch shape is compiled once, on its first call (30-60 s with freezing on 2 cores; small
+    batches with Inductor's C++ wrapper, labquant.speed.inductor_options), and computes exactly
+    the rows it is given: no batch is padded to a shape compiled before, so a
     batch-256 figure is the cost of 256 images. `compile=False` runs the Q/DQ graph as it is
     (float simulation, slow).
     """
@@ -73,7 +75,9 @@ class PT2EInt8Model:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True
-            self._compiled[batch] = torch.compile(copy.copy(self.module), dynamic=False)
+            self._compiled[batch] = torch.compile(
+                copy.copy(self.module), dynamic=False, options=inductor_options(batch)
+            )
         return self._compiled[batch]
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -124,7 +124,11 @@ def headline(
     }
     decisive = min(best_of.values(), key=lambda name: row["speedup"][name])
     speedup = row["speedup"][decisive]
-    out = {f"int8_speedup_{key}": speedup, f"int8_speedup_{key}_path": decisive}
+    out = {
+        f"int8_speedup_{key}": speedup,
+        f"int8_speedup_{key}_path": decisive,
+        f"deploy_{key}": best_of,  # the int8 path to ship per qconfig on this CPU
+    }
     if kernel_ratio:
         out[f"int8_of_kernel_{key}"] = ratio(speedup, kernel_ratio)
     if "pt2e_pot" in row["int8"] and "pt2e_x86" in row["int8"]:

@@ -109,6 +109,24 @@ def _int8_cell(row: dict[str, Any], name: str) -> str:
     return cell + ")"
 
 
+def deploy_lines(inference: dict[str, Any], isa: str) -> list[str]:
+    """Which int8 path to ship per qconfig on this CPU kind: the fastest contender of that
+    qconfig, per model and batch size, with its speedup over the best FP32 path."""
+    lines = [f"Deploy on this CPU ({isa}): the fastest int8 path per qconfig."]
+    for model, row in inference.items():
+        if not isinstance(row, dict):
+            continue
+        for b in ("b1", "b256"):
+            picks = row.get(f"deploy_{b}")
+            if not picks:
+                continue
+            cells = ", ".join(
+                f"{q}: {path} ({row[b]['speedup'][path]:.2f}x)" for q, path in picks.items()
+            )
+            lines.append(f"- {model} {b}: {cells}")
+    return lines if len(lines) > 1 else []
+
+
 def inference_table(inference: dict[str, Any], isa: str) -> list[str]:
     """bench.md's inference part: the ISA and kernel ratio, one column per model and batch,
     one row per path, and a plain list of the int8 paths slower than the best FP32 path."""
@@ -158,7 +176,7 @@ def inference_table(inference: dict[str, Any], isa: str) -> list[str]:
         ]
         if names:
             slower.append(f"{model} {b} (vs {row['fp32_best_path']}): {', '.join(names)}")
-    lines.append("")
+    lines += ["", *deploy_lines(inference, isa), ""]
     if slower:
         lines.append("int8 is SLOWER than the best FP32 path here: " + "; ".join(slower) + ".")
     else:
