@@ -81,7 +81,7 @@ def test_pt2e_program_compiles_each_batch_shape_instead_of_padding(monkeypatch) 
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = PT2EInt8Model(program=None, qconfig="pot")  # type: ignore[arg-type]
-    model._module = torch.nn.Identity()
+    model._module = model._inductor_module = torch.nn.Identity()
     for size in (512, 505, 256, 1, 256):
         assert model(torch.ones(size, 3, 2, 2)).shape == (size,)
     assert seen == [512, 505, 256, 1, 256]

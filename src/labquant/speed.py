@@ -22,9 +22,10 @@ Clock = Callable[[], float]
 Runner = Callable[[Tensor], object]
 
 BATCH_SIZES = (1, 256)
-# Up to this batch Inductor's Python wrapper (one Python call per kernel) costs more than the
-# kernels: the generated C++ wrapper was 29 % faster at batch 1 for the int8 program and 10 % for
-# FP32 on 2 AMX cores (docs/speed.md); above it the wrapper is noise and compiles slower.
+# Up to this batch Inductor's Python wrapper (Python work per kernel call) is a visible share of
+# the time: the generated C++ wrapper was 29 % faster at batch 1 for the int8 program and 10 %
+# for FP32 on 2 AMX cores (docs/performance.md). Its cost is per call, not per image, so larger
+# batches keep the default wrapper (and its shorter compile).
 CPP_WRAPPER_MAX_BATCH = 8
 
 

@@ -260,3 +260,37 @@ def test_the_stem_conv_keeps_out_of_the_saturating_int8_kernels(ptq_pt2e_pot) ->
     assert float(scale) == dq.args[1]
     assert np.array_equal(u8.astype(np.int16) - 128, codes.numpy())
     assert all(w.dtype == np.int8 for w, _, _ in others)
+
+
+@pytest.mark.parametrize(
+    ("qconfig", "expected"), [("pot", "some"), ("pot_unsigned", 0), ("x86", 0)]
+)
+def test_inductor_form_moves_post_relu_zero_points_to_zero_bit_for_bit(qconfig, expected) -> None:
+    """pot's post-ReLU codes 128..255 become 0..127 behind a hardtanh for Inductor (oneDNN's
+    zero-point correction is what made pt2e pot slow); every output is the same number."""
+    from labquant.quant.pt2e.zero_points import zero_point_free_relus
+
+    torch.manual_seed(0)
+    net = small_resnet(layers=(1, 1), base_width=8, num_classes=10).eval()
+    backend = PT2EBackend(compile=False, onnx=False)
+    x = torch.randn(16, 3, 16, 16)
+    prepared = backend.prepare_ptq(net, qconfig_spec(qconfig), x)
+    prepared(x)
+    int8 = backend.convert(prepared, qconfig_spec(qconfig), x)
+    rewritten, changed = zero_point_free_relus(int8.module)
+    if expected == "some":
+        assert changed >= 4  # every conv-(bn)-relu and add-relu output of the network
+    else:
+        assert changed == 0
+    zero_points = [
+        n.args[2]
+        for n in rewritten.graph.nodes
+        if n.target is torch.ops.quantized_decomposed.dequantize_per_tensor.default
+        and any(u.target is torch.ops.aten.conv2d.default for u in n.users)
+    ]
+    assert zero_points[1:] == [0] * (len(zero_points) - 1)  # all but the stem's input
+    with torch.no_grad():
+        for seed in range(3):
+            images = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2
+            assert torch.equal(rewritten(images), int8.module(images))
+    assert int8.inductor_module is not int8.module

@@ -34,8 +34,8 @@ def default_precision(accelerator: str) -> str:
 
     bf16 keeps fp32's exponent range (no loss scaling). On tensor cores it roughly doubles
     convolution throughput; on a CPU with AMX-BF16 the quick recipe's epoch took 4.1 s against
-    6.4 s in fp32 at the same test accuracy (docs/speed.md). Without AMX, oneDNN has no fast
-    bf16 training kernels and the CPU stays in fp32. QAT always trains in fp32
+    6.4 s in fp32 at the same test accuracy (docs/performance.md). bf16 training without AMX
+    was not measured faster, so other CPUs stay in fp32. QAT always trains in fp32
     (labquant-quantize sets it): fake quantization needs fp32 rounding.
     """
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()

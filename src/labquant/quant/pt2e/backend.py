@@ -32,7 +32,16 @@ from labquant.onnx_runtime import OnnxRuntimeModel
 from labquant.quant import learned
 from labquant.quant.backend import check_mode
 from labquant.quant.pot import require_power_of_two
-from labquant.quant.pt2e import bias_quant, graph, inspect, integer, onnx_export, stem, widths
+from labquant.quant.pt2e import (
+    bias_quant,
+    graph,
+    inspect,
+    integer,
+    onnx_export,
+    stem,
+    widths,
+    zero_points,
+)
 from labquant.quant.pt2e.quantizer import quantizer_for
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, write_atomic
@@ -60,6 +69,7 @@ class PT2EInt8Model:
     qconfig: str
     compile: bool = True
     _module: nn.Module | None = field(default=None, repr=False)
+    _inductor_module: nn.Module | None = field(default=None, repr=False)
     _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -67,6 +77,14 @@ class PT2EInt8Model:
         if self._module is None:
             self._module = self.program.module()
         return self._module
+
+    @property
+    def inductor_module(self) -> nn.Module:
+        """`module` with its post-ReLU activations at zero point 0, bit-identical
+        (quant/pt2e/zero_points.py): what Inductor compiles."""
+        if self._inductor_module is None:
+            self._inductor_module, _ = zero_points.zero_point_free_relus(self.module)
+        return self._inductor_module
 
     def _runner(self, batch: int) -> Any:
         if not self.compile:
@@ -76,7 +94,7 @@ class PT2EInt8Model:
 
             inductor_config.freezing = True
             self._compiled[batch] = torch.compile(
-                copy.copy(self.module), dynamic=False, options=inductor_options(batch)
+                copy.copy(self.inductor_module), dynamic=False, options=inductor_options(batch)
             )
         return self._compiled[batch]
 
