@@ -96,26 +96,11 @@ def bench_kernel_ratio(
     """`int8_over_fp32`: the best int8 conv's throughput over the best FP32 conv's, same shape,
     timed round-robin; with the per-form milliseconds and the shape."""
     torch.manual_seed(0)
-    fp32 = nn.Conv2d(channels, channels, 3, padding=1).eval()
-    nhwc = nn.Conv2d(channels, channels, 3, padding=1).eval()
-    nhwc.load_state_dict(fp32.state_dict())
-    nhwc = nhwc.to(memory_format=torch.channels_last)
-    x = torch.rand(batch, channels, size, size)  # post-ReLU activations: non-negative
-    x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    with quiet():
-        qx = torch.quantize_per_tensor(x_nhwc, 1 / 255, 0, torch.quint8)
-    runs: dict[str, Callable[[], object]] = {
-        "fp32_contiguous": _run(lambda: fp32(x)),
-        "fp32_channels_last": _run(lambda: nhwc(x_nhwc)),
-    }
+    shape = ConvShape(channels, channels, (3, 3), (1, 1), (1, 1), 1, (batch, channels, size, size))
     previous = torch.backends.quantized.engine
-    supported = torch.backends.quantized.supported_engines
-    for engine in (e for e in INT8_ENGINES if e in supported):
-        q = int8_conv(fp32, engine)
-        runs[f"int8_{engine}"] = _run(lambda q=q: q(qx), engine)
     try:
         with torch.inference_mode():
-            seconds = interleaved_best_seconds(runs, repeats, warmup=2)
+            seconds = interleaved_best_seconds(_conv_forms(shape), repeats, warmup=2)
     finally:
         torch.backends.quantized.engine = previous
     ms = {name: round(s * 1e3, 3) for name, s in seconds.items()}
