@@ -255,3 +255,20 @@ def test_pot_fake_quant_switches_survive_a_checkpoint():
     assert torch.equal(restored.scale, frozen.scale)  # observer off: the scale did not move
     restored.enable_fake_quant()
     assert not torch.equal(restored(x), x)
+
+
+def test_channels_last_activation_is_observed_in_memory_order_without_a_copy() -> None:
+    """The per-tensor min/max of a channels_last activation reads its NHWC view (QAT's
+    activations are channels_last: aminmax used to copy each one to contiguous first)."""
+    from labquant.quant.pot import memory_order_view
+
+    x = torch.randn(4, 8, 5, 5).to(memory_format=torch.channels_last) * 3
+    view = memory_order_view(x)
+    assert view.is_contiguous() and view.data_ptr() == x.data_ptr()
+    assert memory_order_view(x.contiguous()).shape == x.shape  # contiguous: itself
+    observed, reference = EagerPotObserver(), EagerPotObserver()
+    observed(x)
+    reference(x.contiguous())
+    assert observed.min_val == reference.min_val == x.min()
+    assert observed.max_val == reference.max_val == x.max()
+    assert observed.calculate_qparams() == reference.calculate_qparams()

@@ -291,6 +291,18 @@ def zero_point_of(observer: Any) -> int:
     return 0 if observer.unsigned else zp
 
 
+def memory_order_view(x: Tensor) -> Tensor:
+    """`x`, or for a channels_last 4-d tensor its NHWC view (contiguous): the same elements,
+    read in memory order, so a whole-tensor reduction needs no copy."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return x.permute(0, 2, 3, 1)
+    return x
+
+
 class PotObserverCore:
     """The power-of-two observer every backend's observer class ends in (mixed in before the
     backend's own base observer, whose buffers `min_val` / `max_val` / `eps` it uses).
@@ -369,9 +381,10 @@ class PotObserverCore:
                 self.min_val.resize_(rows.shape[0]).fill_(float("inf"))
                 self.max_val.resize_(rows.shape[0]).fill_(float("-inf"))
         else:
-            # The whole tensor at once: a (1, -1) view of a channels_last activation is a copy,
-            # and a one-row reduction runs on one thread (a third of a QAT step's observer time).
-            min_cur, max_cur = torch.aminmax(x)
+            # The whole tensor at once, in memory order: a (1, -1) view of a channels_last
+            # activation is a copy and a one-row reduction runs on one thread, and aminmax of
+            # a channels_last tensor copies it to contiguous first (about 90 ms of a QAT step).
+            min_cur, max_cur = torch.aminmax(memory_order_view(x))
             min_cur = min_cur.reshape(self.min_val.shape)
             max_cur = max_cur.reshape(self.max_val.shape)
         self.min_val.copy_(torch.fmin(min_cur, self.min_val))
