@@ -214,7 +214,6 @@ def test_model_kernel_limit_times_every_conv_shape_of_the_model() -> None:
     shapes = conv_shapes(net, torch.zeros(2, 3, 32, 32))
     repeated = ConvShape(8, 8, (3, 3), (1, 1), (1, 1), 1, (2, 8, 32, 32))
     assert shapes[repeated] == 2 and sum(shapes.values()) == 4 and len(shapes) == 3
-    assert repeated.describe() == "conv3x3 8->8 @32"
     limit = model_kernel_ratio(net, (1, 4), repeats=1)
     for batch in ("b1", "b4"):
         row = limit[batch]
@@ -310,3 +309,12 @@ def test_bad_bench_settings_are_one_line_errors(
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"labquant-bench: error: {message}")
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_qconfig_ratios_compare_each_qconfig_with_the_first_in_the_same_backend() -> None:
+    from labquant.tasks.bench.inference import qconfig_ratios
+
+    int8 = {"pt2e_x86": 200.0, "pt2e_pot": 180.0, "eager_x86": 100.0, "ort_pot": 500.0}
+    assert qconfig_ratios(int8, ["eager", "pt2e"], ["x86", "pot"], "b1") == {
+        "pt2e_pot_over_x86_b1": 0.9  # eager has no pot contender here; ort is no backend
+    }

@@ -273,10 +273,10 @@ def measure_speed(
     fp32_paths = fp32_runtimes(
         fp32_net, batch[:2], compile="compiled" in wanted, onnx="onnxruntime" in wanted
     )
-    fp32_runs = {f"fp32_{name}": run for name, run in fp32_paths.items() if name in wanted}
-    runs = {"int8": int8, **runtimes, **fp32_runs}
+    fp32_names = [name for name in fp32_paths if name in wanted]
+    runs = {"int8": int8, **runtimes, **{f"fp32_{name}": fp32_paths[name] for name in fp32_names}}
     figures = cpu_speed(runs, image_shape=tuple(batch.shape[1:]))
-    fp32 = {name: figures[f"fp32_{name}"] for name in fp32_paths if name in wanted}
+    fp32 = {name: figures[f"fp32_{name}"] for name in fp32_names}
     return {
         "latency": figures["int8"],
         **{f"{name}_latency": figures[name] for name in runtimes},

@@ -34,7 +34,7 @@ from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import serialized_mib
 from labquant.speed import BATCH_SIZES, best_fp32, ratio, speed_by_batch
 from labquant.tasks.bench.common import build_model, normalized_batch
-from labquant.tasks.bench.kernels import bench_kernel_ratio, model_kernel_ratio
+from labquant.tasks.bench.kernels import KERNEL_REPEATS, bench_kernel_ratio, model_kernel_ratio
 from labquant.tasks.fp32_paths import fp32_runtimes
 
 # Short names of a backend's other runtimes in bench.json (`ort_x86`).
@@ -131,8 +131,28 @@ def headline(
     }
     if kernel_ratio:
         out[f"int8_of_kernel_{key}"] = ratio(speedup, kernel_ratio)
-    if "pt2e_pot" in row["int8"] and "pt2e_x86" in row["int8"]:
-        out[f"pt2e_pot_over_x86_{key}"] = ratio(row["int8"]["pt2e_pot"], row["int8"]["pt2e_x86"])
+    return out
+
+
+def contender(backend: str, qconfig: str) -> str:
+    """`pt2e_pot`: a backend's own int8 form of a qconfig, as bench.json names it."""
+    return f"{backend}_{qconfig}"
+
+
+def qconfig_ratios(
+    int8: dict[str, float], backends: list[str], qconfigs: list[str], key: str
+) -> dict[str, float]:
+    """`<backend>_<qconfig>_over_<first qconfig>_<key>`: each qconfig's img/s over the first
+    qconfig's in the same backend (`pt2e_pot_over_x86_b1` with the default qconfigs), what a
+    qconfig's scales cost at equal runtime."""
+    first, *rest = qconfigs
+    out = {}
+    for backend in backends:
+        base = int8.get(contender(backend, first))
+        for qconfig in rest:
+            name = contender(backend, qconfig)
+            if base and name in int8:
+                out[f"{name}_over_{first}_{key}"] = ratio(int8[name], base)
     return out
 
 
@@ -159,13 +179,13 @@ def bench_model(
     for backend in backends.values():
         for qconfig, spec in qconfigs.items():
             model = int8_model(backend, fp32, spec, calibration)
-            contender = f"{backend.name}_{qconfig}"
+            own = contender(backend.name, qconfig)
             artifact = backend.artifact_sizes(model)
-            sizes[contender] = {**artifact, "ratio": ratio(artifact["int8_mib"], fp32_mib)}
+            sizes[own] = {**artifact, "ratio": ratio(artifact["int8_mib"], fp32_mib)}
             if not timed:
                 continue
-            int8[contender] = model
-            flavours[qconfig].append(contender)
+            int8[own] = model
+            flavours[qconfig].append(own)
             if onnx:
                 for runtime, run in shipped_runtimes(backend, model).items():
                     other = f"{RUNTIME_PREFIX.get(runtime, runtime)}_{qconfig}"
@@ -181,8 +201,10 @@ def bench_model(
     row = timed_rows(fp32_paths, int8, repeats, ratios)
     if kernel:
         row["kernel"] = kernel
+    names = [backend.name for backend in backends.values()]
     for b in BATCH_SIZES:
         row.update(headline(row[f"b{b}"], flavours, (ratios or {}).get(b), f"b{b}"))
+        row.update(qconfig_ratios(row[f"b{b}"]["int8"], names, list(qconfigs), f"b{b}"))
     return row, sizes
 
 
@@ -221,7 +243,7 @@ def bench_inference(
             calibration_batches,
             compile=compile,
             onnx=onnx,
-            kernel_repeats=kernel.get("repeats", 10) if kernel is not None else None,
+            kernel_repeats=kernel.get("repeats", KERNEL_REPEATS) if kernel is not None else None,
             timed=timed,
         )
         if timed:

@@ -33,6 +33,7 @@ from labquant.speed import interleaved_best_seconds, ratio
 # The engines whose int8 convolutions the int8 contenders use: x86 (fbgemm below it, as eager
 # TorchScript runs) and onednn (what Inductor lowers pt2e's Q/DQ convolutions to).
 INT8_ENGINES = ("x86", "onednn")
+KERNEL_REPEATS = 10  # rounds of each timing, the CPU's one conv and each model's limit alike
 
 
 @contextlib.contextmanager
@@ -73,8 +74,7 @@ def int8_conv(fp32: nn.Conv2d, engine: str) -> QuantizedConv2d:
         qweight = torch.quantize_per_channel(
             weight, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8
         )
-        bias = fp32.bias.detach() if fp32.bias is not None else None
-        q.set_weight_bias(qweight, bias)
+        q.set_weight_bias(qweight, fp32.bias.detach())
         q.scale, q.zero_point = 0.05, 0
     return q
 
@@ -91,7 +91,7 @@ def _run(fn: Callable[[], object], engine: str | None = None) -> Callable[[], ob
 
 
 def bench_kernel_ratio(
-    channels: int = 256, size: int = 28, batch: int = 4, repeats: int = 10
+    channels: int = 256, size: int = 28, batch: int = 4, repeats: int = KERNEL_REPEATS
 ) -> dict[str, Any]:
     """`int8_over_fp32`: the best int8 conv's throughput over the best FP32 conv's, same shape,
     timed round-robin; with the per-form milliseconds and the shape."""
@@ -126,11 +126,6 @@ class ConvShape:
     padding: tuple[int, ...]
     groups: int
     input_size: tuple[int, ...]  # (N, C, H, W)
-
-    def describe(self) -> str:
-        k = "x".join(map(str, self.kernel_size))
-        s = "" if set(self.stride) == {1} else f"/{self.stride[0]}"
-        return f"conv{k}{s} {self.in_channels}->{self.out_channels} @{self.input_size[2]}"
 
 
 def conv_shapes(net: nn.Module, batch: Tensor) -> Counter[ConvShape]:
@@ -186,7 +181,7 @@ def _conv_forms(shape: ConvShape) -> dict[str, Callable[[], object]]:
 
 
 def model_kernel_ratio(
-    net: nn.Module, batch_sizes: tuple[int, ...], repeats: int = 10
+    net: nn.Module, batch_sizes: tuple[int, ...], repeats: int = KERNEL_REPEATS
 ) -> dict[str, Any]:
     """`b<N>`: every conv shape of `net` at batch N timed alone in each form (round-robin, as
     bench_kernel_ratio), the forms' summed times over the network's calls, and the best int8
