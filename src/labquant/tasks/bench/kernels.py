@@ -61,14 +61,7 @@ def int8_conv(fp32: nn.Conv2d, engine: str) -> QuantizedConv2d:
     """The same convolution as a quantized module, weights int8 per output channel, prepacked
     for `engine` (prepacking happens at construction, under that engine)."""
     with quantized_engine(engine), quiet():
-        q = QuantizedConv2d(
-            fp32.in_channels,
-            fp32.out_channels,
-            fp32.kernel_size,
-            stride=fp32.stride,
-            padding=fp32.padding,
-            groups=fp32.groups,
-        )
+        q = QuantizedConv2d(**conv_arguments(fp32))
         weight = fp32.weight.detach()
         scales = weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127
         qweight = torch.quantize_per_channel(
@@ -115,6 +108,15 @@ def bench_kernel_ratio(
     }
 
 
+# What makes two convolutions the same kernel call (nn.Conv2d's and QuantizedConv2d's names).
+CONV_ARGUMENTS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups")
+
+
+def conv_arguments(conv: Any) -> dict[str, Any]:
+    """The constructor arguments of a conv (an nn.Conv2d or a ConvShape), by name."""
+    return {name: getattr(conv, name) for name in CONV_ARGUMENTS}
+
+
 @dataclass(frozen=True)
 class ConvShape:
     """One convolution of a network as it runs at some batch size."""
@@ -133,17 +135,7 @@ def conv_shapes(net: nn.Module, batch: Tensor) -> Counter[ConvShape]:
     shapes: Counter[ConvShape] = Counter()
 
     def record(module: nn.Conv2d, inputs: tuple[Tensor, ...], _: Tensor) -> None:
-        shapes[
-            ConvShape(
-                module.in_channels,
-                module.out_channels,
-                tuple(module.kernel_size),
-                tuple(module.stride),
-                tuple(module.padding),
-                module.groups,
-                tuple(inputs[0].shape),
-            )
-        ] += 1
+        shapes[ConvShape(**conv_arguments(module), input_size=tuple(inputs[0].shape))] += 1
 
     handles = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, nn.Conv2d)]
     try:
@@ -157,14 +149,7 @@ def conv_shapes(net: nn.Module, batch: Tensor) -> Counter[ConvShape]:
 
 def _conv_forms(shape: ConvShape) -> dict[str, Callable[[], object]]:
     """The FP32 (contiguous, channels_last) and int8 (per engine) forms of one conv shape."""
-    conv = nn.Conv2d(
-        shape.in_channels,
-        shape.out_channels,
-        shape.kernel_size,
-        stride=shape.stride,
-        padding=shape.padding,
-        groups=shape.groups,
-    ).eval()
+    conv = nn.Conv2d(**conv_arguments(shape)).eval()
     nhwc = copy.deepcopy(conv).to(memory_format=torch.channels_last)
     x = torch.rand(shape.input_size)  # post-ReLU activations: non-negative
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
