@@ -226,13 +226,22 @@ def test_eager_and_pt2e_learn_the_same_exponents_from_the_same_batches():
     assert eager_shifts == pt2e_shifts
 
 
+@pytest.mark.parametrize("scale_optimizer", ["recipe", "adam"])
 @pytest.mark.parametrize("scale_lr", [None, 0.5])
-def test_thresholds_have_their_own_optimizer_group_without_weight_decay(scale_lr):
+def test_thresholds_have_their_own_optimizer_group_without_weight_decay(scale_lr, scale_optimizer):
+    """One group for the weights (the recipe's SGD), one for the thresholds: no weight decay,
+    quant.scale_lr (unset: the recipe's lr), stepped by SGD (`recipe`) or Adam (`adam`)."""
     spec = power_of_two(**W4A4)
     _, prepared, _ = learned_net("eager", spec)
     optimizer_factory = lambda params: torch.optim.SGD(params, lr=0.01, weight_decay=5e-4)  # noqa: E731
-    module = ClassifierModule(net=prepared, optimizer=optimizer_factory, scale_lr=scale_lr)
-    weights, thresholds = module.configure_optimizers().param_groups
+    module = ClassifierModule(
+        net=prepared,
+        optimizer=optimizer_factory,
+        scale_lr=scale_lr,
+        scale_optimizer=scale_optimizer,
+    )
+    optimizer = module.configure_optimizers()
+    weights, thresholds = optimizer.param_groups
     count = sum(isinstance(m, LearnedThresholdCore) for m in prepared.modules())
     assert len(thresholds["params"]) == count and count > 0
     assert thresholds["weight_decay"] == 0.0 and weights["weight_decay"] == 5e-4
@@ -240,6 +249,12 @@ def test_thresholds_have_their_own_optimizer_group_without_weight_decay(scale_lr
     assert weights["lr"] == 0.01
     every = {id(p) for p in prepared.parameters()}
     assert {id(p) for p in weights["params"] + thresholds["params"]} == every
+    if scale_optimizer == "recipe":
+        assert isinstance(optimizer, torch.optim.SGD)
+    else:
+        sgd, adam = optimizer.optimizers
+        assert isinstance(sgd, torch.optim.SGD) and isinstance(adam, torch.optim.Adam)
+        assert sgd.param_groups == [weights] and adam.param_groups == [thresholds]
 
 
 @pytest.mark.parametrize("backend_name", ["eager", "pt2e"])

@@ -220,6 +220,7 @@ def test_quantize_max_shift_amount_above_31(tmp_path: Path, tiny_fp32_run) -> No
         ("qconfig.granularity=per_channel", "applies to power-of-two qconfigs only"),
         ("qconfig.learn_scales=true", "which quant=ptq does not do; use quant=qat"),
         ("quant.scale_lr=0", "quant.scale_lr=0"),
+        ("quant.scale_optimizer=sgd", "quant.scale_optimizer=sgd"),
     ],
 )
 def test_quantize_design_space_settings_are_checked_before_any_work(
@@ -228,7 +229,7 @@ def test_quantize_design_space_settings_are_checked_before_any_work(
     fp32, run = tiny_fp32_run
     run_dir = tmp_path / "run"
     qconfig = ["qconfig=x86"] if "granularity" in override else []
-    qconfig += ["quant=qat"] if "scale_lr" in override else []
+    qconfig += ["quant=qat"] if override.startswith("quant.scale_") else []
     result = run_cli(
         *TINY,
         f"ckpt_path={run / fp32['checkpoint']}",

@@ -169,6 +169,7 @@ class Quant(Settings):
     epochs: PosInt = setting(6)
     lr: float = setting(0.005, gt=0)
     scale_lr: float | None = setting(0.001, gt=0)  # learned exponents' lr; None: quant.lr
+    scale_optimizer: Literal["adam", "recipe"] = setting("adam")  # learned exponents' optimizer
     warmup_epochs: NonNegFloat = setting(0)
     freeze_observer_epoch: NonNegInt = setting(4)
     freeze_bn_epoch: NonNegInt = setting(3)

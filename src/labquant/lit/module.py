@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from labquant.lit.optimizers import CompositeOptimizer
 from labquant.quant.backend import LEARNED_THRESHOLD
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -83,6 +84,7 @@ class ClassifierModule(pl.LightningModule):
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         scale_lr: float | None = None,
+        scale_optimizer: str = "adam",
     ) -> None:
         super().__init__()
         # logger=False: the run logs the whole Hydra config (with final metrics) itself.
@@ -93,6 +95,7 @@ class ClassifierModule(pl.LightningModule):
         self.distill_temperature = distill_temperature
         self.optimizer_factory = optimizer
         self.scale_lr = scale_lr
+        self.scale_optimizer = scale_optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
@@ -186,23 +189,32 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError("a per-step schedule needs a finite trainer.max_epochs")
         return max(1, math.ceil(total / epochs))
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The network's weights, and (qconfig.learn_scales) the learned log2 thresholds in a
-        group of their own: `quant.scale_lr` (unset: the optimizer's lr) and no weight decay,
-        which would pull every threshold toward 1 and the ranges toward clipping."""
+    def parameter_groups(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The network's weights, and (qconfig.learn_scales) the learned log2 thresholds."""
         weights, thresholds = [], []
         for name, parameter in self.named_parameters():
             learned = name.rsplit(".", 1)[-1] == LEARNED_THRESHOLD
             (thresholds if learned else weights).append(parameter)
+        return weights, thresholds
+
+    def build_optimizer(self) -> Optimizer:
+        """The recipe's optimizer for the weights. Learned thresholds are a group of their own:
+        `quant.scale_lr` (unset: the optimizer's lr) and no weight decay, which would pull every
+        threshold toward 1 and the ranges toward clipping; `quant.scale_optimizer=adam` steps
+        them with Adam (TQT's choice, lit/optimizers.py), `recipe` with the recipe's optimizer."""
+        weights, thresholds = self.parameter_groups()
+        optimizer = self.optimizer_factory(params=[{"params": weights}])
         if not thresholds:
-            return [{"params": weights}]
+            return optimizer
         group: dict[str, Any] = {"params": thresholds, "weight_decay": 0.0}
-        if self.scale_lr is not None:
-            group["lr"] = self.scale_lr
-        return [{"params": weights}, group]
+        group["lr"] = self.scale_lr if self.scale_lr is not None else optimizer.defaults["lr"]
+        if self.scale_optimizer == "recipe":
+            optimizer.add_param_group(group)
+            return optimizer
+        return CompositeOptimizer([optimizer, torch.optim.Adam([group])])
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return optimizer
         kwargs = (

@@ -34,6 +34,7 @@ def build_module(
         distill_weight=quant.get("distill_weight", 0.0),  # unused without a teacher
         distill_temperature=quant.get("distill_temperature", 1.0),
         scale_lr=quant.get("scale_lr"),  # qconfig.learn_scales' thresholds (None: the QAT lr)
+        scale_optimizer=quant.get("scale_optimizer", "adam"),
     )
 
 
