@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from labquant.quant import learned
 from labquant.quant.backend import check_mode
-from labquant.quant.eager import bias_quant, inspect, integer, widths, workflow
+from labquant.quant.eager import bias_quant, conv_bn, inspect, integer, widths, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
 from labquant.quant.eager.qconfigs import (
     eager_qconfig,
@@ -68,6 +68,8 @@ class EagerBackend:
         prepared = prepare(
             net, eager_qconfig(qconfig, qat=qat), relu, layer_qconfig_of(qconfig, qat)
         )
+        if qat:
+            conv_bn.install(prepared)  # torch's fold, without the division's dead gradient
         if qat and qconfig.power_of_two and qconfig.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         return prepared
