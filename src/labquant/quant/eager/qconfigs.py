@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.quantization import QConfig, get_default_qat_qconfig, get_default_qconfig
+from torch.ao.quantization import (
+    FusedMovingAvgObsFakeQuantize,
+    QConfig,
+    get_default_qat_qconfig,
+    get_default_qconfig,
+)
 
 from labquant.errors import ConfigError
 from labquant.quant.eager.observers import (
@@ -15,6 +20,7 @@ from labquant.quant.eager.observers import (
     EagerPotChannelObserver,
     EagerPotFakeQuantize,
     EagerPotObserver,
+    MemoryOrderFakeQuantize,
 )
 from labquant.quant.eager.workflow import RELU_FUSED
 from labquant.quant.qconfigs import QConfigSpec
@@ -103,7 +109,20 @@ def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
     """The torch.ao QConfig for `spec`: power-of-two observers, or the engine's defaults."""
     if spec.power_of_two:
         return pot_qconfig(spec, qat)
-    return get_default_qat_qconfig(spec.engine) if qat else get_default_qconfig(spec.engine)
+    if not qat:
+        return get_default_qconfig(spec.engine)
+    return memory_order_activations(get_default_qat_qconfig(spec.engine))
+
+
+def memory_order_activations(qconfig: QConfig) -> QConfig:
+    """torch's QAT qconfig with its fused activation fake-quant reading channels_last
+    activations in memory order (MemoryOrderFakeQuantize: the same arguments, the same
+    numbers); any other activation constructor is kept as it is."""
+    partial = getattr(qconfig.activation, "p", None)  # torch's _PartialWrapper of with_args
+    if getattr(partial, "func", None) is not FusedMovingAvgObsFakeQuantize or partial.args:
+        return qconfig
+    activation = MemoryOrderFakeQuantize.with_args(**partial.keywords)
+    return QConfig(activation=activation, weight=qconfig.weight)
 
 
 def _supported_engines() -> list[str]:
