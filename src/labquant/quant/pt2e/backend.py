@@ -34,6 +34,7 @@ from labquant.quant.backend import check_mode
 from labquant.quant.pot import require_power_of_two
 from labquant.quant.pt2e import (
     bias_quant,
+    conv_bn,
     graph,
     inspect,
     integer,
@@ -170,6 +171,7 @@ class PT2EBackend:
     def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> PT2EInt8Model:
         work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was
         bias_quant.remove(work)  # convert folds BN itself; snap_biases below does the rest
+        conv_bn.sync_fold_divisors(work, detach=False)  # torchao's fold pattern, as prepared
         converted = convert_pt2e(work)
         if qconfig.power_of_two and qconfig.snap_bias:
             inspect.snap_biases(converted)

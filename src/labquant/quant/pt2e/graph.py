@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule
 from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
-from labquant.quant.pt2e import bias_quant
+from labquant.quant.pt2e import bias_quant, conv_bn
 
 BATCH_NORM = torch.ops.aten.batch_norm.default
 BN_FROZEN = "_labquant_bn_frozen"
@@ -41,6 +41,7 @@ def freeze_batch_norm_stats(gm: GraphModule) -> None:
     setattr(gm, BN_FROZEN, True)
     _set_batch_norm_training(gm, False)
     bias_quant.set_active(gm, True)
+    conv_bn.sync_fold_divisors(gm)  # the division's gradient matters again
 
 
 def _set_batch_norm_training(gm: GraphModule, training: bool) -> None:
@@ -65,6 +66,7 @@ def _train(self: GraphModule, mode: bool = True) -> GraphModule:
         move_exported_model_to_eval(self)
     # The folded-bias fake-quant is on exactly when BN uses its running statistics.
     bias_quant.set_active(self, frozen or not mode)
+    conv_bn.sync_fold_divisors(self)  # QAT's conv-BN fold: scale-free while BN trains
     return self
 
 
