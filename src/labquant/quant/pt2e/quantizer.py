@@ -13,12 +13,14 @@ s_in * s_w (DerivedQuantizationSpec). `activations="unsigned"` makes every post-
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
 from torchao.quantization.pt2e.quantizer import (
     DerivedQuantizationSpec,
     QuantizationAnnotation,
@@ -26,6 +28,7 @@ from torchao.quantization.pt2e.quantizer import (
     Quantizer,
     SharedQuantizationSpec,
 )
+from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
 from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
@@ -34,6 +37,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 from labquant.quant.pt2e.inspect import module_name
 from labquant.quant.pt2e.observers import (
     PT2ELearnedPotFakeQuantize,
+    PT2EMemoryOrderFakeQuantize,
     PT2EPotFakeQuantize,
     PT2EPotObserver,
     PT2EPotWeightObserver,
@@ -278,6 +282,21 @@ def quantizer_for(spec: QConfigSpec, qat: bool, reduce_range: bool) -> Quantizer
     if spec.power_of_two:
         return PowerOfTwoQuantizer(spec, qat)
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
+    config = memory_order_activations(config)
     quantizer = X86ResidualQuantizer(config.input_activation)
     quantizer.set_global(config)
     return quantizer
+
+
+def memory_order_activations(config: QuantizationConfig) -> QuantizationConfig:
+    """torchao's x86 QAT config with its fused activation fake-quant reading channels_last
+    activations in memory order (PT2EMemoryOrderFakeQuantize: the same arguments and
+    numbers); any other activation constructor (PTQ's observers) is kept."""
+    spec = config.input_activation
+    partial = getattr(spec.observer_or_fake_quant_ctr, "p", None) if spec else None
+    if getattr(partial, "func", None) is not FusedMovingAvgObsFakeQuantize or partial.args:
+        return config
+    ctr = PT2EMemoryOrderFakeQuantize.with_args(**partial.keywords)
+    activation = dataclasses.replace(spec, observer_or_fake_quant_ctr=ctr)
+    output = activation if config.output_activation is spec else config.output_activation
+    return dataclasses.replace(config, input_activation=activation, output_activation=output)
