@@ -152,7 +152,7 @@ def test_two_process_test_accuracy_is_the_single_process_one_exactly(ddp_fp32_ru
             "backend=eager",
             "qconfig=pot_w4a4",
             "qconfig.learn_scales=true",
-            "quant.scale_lr=0.5",
+            "quant.scale_lr=0.05",
             "quant.calibration_batches=2",
         ],
     ],

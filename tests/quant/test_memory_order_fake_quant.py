@@ -55,3 +55,38 @@ def test_a_channels_last_activation_is_not_copied_to_contiguous():
         torch.fused_moving_avg_obs_fake_quant = original
     assert len(seen) == 1 and seen[0].is_contiguous()
     assert seen[0].data_ptr() == x.data_ptr() and seen[0].shape == (2, 3, 3, 4)
+
+
+def test_the_pt2e_x86_qat_config_is_torchaos_with_the_same_numbers():
+    from torchao.quantization.pt2e.fake_quantize import (
+        FusedMovingAvgObsFakeQuantize as TorchaoFused,
+    )
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        get_default_x86_inductor_quantization_config,
+    )
+
+    from labquant.quant.pt2e.observers import PT2EMemoryOrderFakeQuantize
+    from labquant.quant.pt2e.quantizer import quantizer_for
+
+    config = quantizer_for(engine_default("x86", "x86"), qat=True, reduce_range=False)
+    config = config.global_config
+    assert config.output_activation is config.input_activation
+    ours = config.input_activation.observer_or_fake_quant_ctr()
+    theirs = get_default_x86_inductor_quantization_config(is_qat=True)
+    theirs = theirs.input_activation.observer_or_fake_quant_ctr()
+    assert type(ours) is PT2EMemoryOrderFakeQuantize and type(theirs) is TorchaoFused
+    generator = torch.Generator().manual_seed(1)
+    for step in range(3):
+        x = (2 * torch.randn(4, 8, 6, 6, generator=generator) + step).contiguous(
+            memory_format=torch.channels_last
+        )
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, want = ours(a), theirs(b)
+        assert torch.equal(out, want) and out.is_contiguous(memory_format=torch.channels_last)
+        (out * x).sum().backward()
+        (want * x).sum().backward()
+        assert torch.equal(a.grad, b.grad) and torch.equal(ours.scale, theirs.scale)
+    ptq = quantizer_for(engine_default("x86", "x86"), qat=False, reduce_range=False)
+    assert ptq.global_config.input_activation.observer_or_fake_quant_ctr.p.func.__name__ == (
+        "HistogramObserver"
+    )  # PTQ's observer is kept

@@ -154,7 +154,7 @@ def test_pt2e_qat_run_killed_and_resumed_ends_like_an_uninterrupted_run(
 
 # qconfig.learn_scales: every fake-quantizer's log2 threshold is a parameter; they start from 2
 # calibration batches and move until quant.freeze_observer_epoch (2 of 3 epochs here).
-LEARNED = ["qconfig=pot_w4a4", "qconfig.learn_scales=true", "quant.scale_lr=0.5",
+LEARNED = ["qconfig=pot_w4a4", "qconfig.learn_scales=true", "quant.scale_lr=0.05",
            "quant.calibration_batches=2"]  # fmt: skip
 
 
