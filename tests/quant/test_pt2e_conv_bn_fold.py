@@ -13,6 +13,7 @@ from labquant.quant.pt2e import conv_bn
 from labquant.quant.pt2e.backend import PT2EBackend
 from labquant.quant.qconfigs import power_of_two
 from tests.hw.test_integer_reference import small_weight_net
+from tests.quant.test_conv_bn_fold import assert_fold_gradients, buffers, step
 
 DETACH = torch.ops.aten.detach.default
 
@@ -40,17 +41,6 @@ def detaches(gm: torch.nn.Module) -> int:
     return sum(node.target is DETACH for node in gm.graph.nodes)
 
 
-def step(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = net(x)
-    out.square().mean().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    return out.detach(), grads
-
-
-def running(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: b.clone() for n, b in net.named_buffers() if "running" in n}
-
-
 def test_batch_statistics_same_forward_same_weight_gradients_gamma_within_eps(monkeypatch):
     ours, theirs = prepared_pair(monkeypatch)
     folds = sum(isinstance(m, torch.nn.Conv2d) for m in small_weight_net("basic", 3).modules())
@@ -58,19 +48,11 @@ def test_batch_statistics_same_forward_same_weight_gradients_gamma_within_eps(mo
     x = torch.randn(16, 3, 32, 32)
     (out, grads), (want, want_grads) = step(ours, x), step(theirs, x)
     assert torch.equal(out, want)
-    assert running(ours).keys() == running(theirs).keys()
-    for name, tensor in running(theirs).items():
-        assert torch.equal(running(ours)[name], tensor), name
-    assert grads.keys() == want_grads.keys()
+    assert buffers(ours).keys() == buffers(theirs).keys()
+    for name, tensor in buffers(theirs).items():
+        assert torch.equal(buffers(ours)[name], tensor), name
     gammas = [n for n in grads if n.split(".")[-2].startswith("bn") or "downsample.1" in n]
-    gammas = [n for n in gammas if n.endswith(".weight")]
-    assert gammas
-    for name, grad in grads.items():
-        if name in gammas:  # the dropped term: eps / (var + eps) of the division's gradient
-            torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-6, msg=name)
-        else:
-            assert torch.equal(grad, want_grads[name]), name
-    assert any(not torch.equal(grads[n], want_grads[n]) for n in gammas)  # it is in use
+    assert_fold_gradients(grads, want_grads, [n for n in gammas if n.endswith(".weight")])
 
 
 @pytest.mark.parametrize("switch", ["freeze", "eval"])
