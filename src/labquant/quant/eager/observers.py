@@ -17,7 +17,12 @@ from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObser
 
 from labquant.errors import ConfigError
 from labquant.quant.learned import LearnedThresholdCore
-from labquant.quant.pot import PotObserverCore, clamp_status, memory_order_view, scale_approximate
+from labquant.quant.pot import (
+    MemoryOrderForward,
+    PotObserverCore,
+    clamp_status,
+    scale_approximate,
+)
 
 __all__ = [
     "EagerLearnedPotFakeQuantize",
@@ -184,15 +189,6 @@ class EagerLearnedPotFakeQuantize(LearnedThresholdCore, EagerPotFakeQuantize):
         self.setup_learned()
 
 
-class MemoryOrderFakeQuantize(FusedMovingAvgObsFakeQuantize):
-    """torch's fused per-tensor activation fake-quant (the x86 / fbgemm / qnnpack QAT
-    default) fed a channels_last activation as its NHWC view: the kernel's min/max clones a
-    channels_last tensor to contiguous first, 40 ms of a 470 ms x86 QAT step (small model,
-    batch 128, 2 AMX cores). A per-tensor range and fake-quant do not depend on the element
-    order, so the output is torch's own, element for element, in the input's layout."""
-
-    def forward(self, X: Tensor) -> Tensor:
-        view = memory_order_view(X) if not self.is_per_channel else X
-        if view is X:
-            return super().forward(X)
-        return super().forward(view).permute(0, 3, 1, 2)
+class MemoryOrderFakeQuantize(MemoryOrderForward, FusedMovingAvgObsFakeQuantize):
+    """torch's fused per-tensor activation fake-quant (the x86 / fbgemm / qnnpack QAT default)
+    reading channels_last activations in memory order (quant/pot.py's `MemoryOrderForward`)."""

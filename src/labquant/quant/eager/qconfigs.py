@@ -23,6 +23,7 @@ from labquant.quant.eager.observers import (
     MemoryOrderFakeQuantize,
 )
 from labquant.quant.eager.workflow import RELU_FUSED
+from labquant.quant.pot import memory_order_constructor
 from labquant.quant.qconfigs import QConfigSpec
 
 
@@ -117,11 +118,10 @@ def eager_qconfig(spec: QConfigSpec, qat: bool) -> QConfig:
 def memory_order_activations(qconfig: QConfig) -> QConfig:
     """torch's QAT qconfig with its fused activation fake-quant reading channels_last
     activations in memory order (MemoryOrderFakeQuantize: the same arguments, the same
-    numbers); any other activation constructor is kept as it is."""
-    partial = getattr(qconfig.activation, "p", None)  # torch's _PartialWrapper of with_args
-    if getattr(partial, "func", None) is not FusedMovingAvgObsFakeQuantize or partial.args:
-        return qconfig
-    activation = MemoryOrderFakeQuantize.with_args(**partial.keywords)
+    numbers)."""
+    activation = memory_order_constructor(
+        qconfig.activation, FusedMovingAvgObsFakeQuantize, MemoryOrderFakeQuantize
+    )
     return QConfig(activation=activation, weight=qconfig.weight)
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
 
 from labquant.quant.learned import LearnedThresholdCore
-from labquant.quant.pot import PotObserverCore, memory_order_view
+from labquant.quant.pot import MemoryOrderForward, PotObserverCore
 
 
 class PT2EPotObserver(PotObserverCore, MinMaxObserver):
@@ -91,13 +90,6 @@ class PT2ELearnedPotFakeQuantize(LearnedThresholdCore, PT2EPotFakeQuantize):
         self.setup_learned()
 
 
-class PT2EMemoryOrderFakeQuantize(FusedMovingAvgObsFakeQuantize):
-    """torchao's fused per-tensor activation fake-quant (the x86 QAT config's) fed a
-    channels_last activation as its NHWC view, as eager's `MemoryOrderFakeQuantize`: its
-    min/max would clone the tensor to contiguous first; the numbers are the same."""
-
-    def forward(self, X: Tensor) -> Tensor:
-        view = memory_order_view(X) if not self.is_per_channel else X
-        if view is X:
-            return super().forward(X)
-        return super().forward(view).permute(0, 3, 1, 2)
+class PT2EMemoryOrderFakeQuantize(MemoryOrderForward, FusedMovingAvgObsFakeQuantize):
+    """torchao's fused per-tensor activation fake-quant (the x86 QAT config's) reading
+    channels_last activations in memory order (quant/pot.py's `MemoryOrderForward`)."""

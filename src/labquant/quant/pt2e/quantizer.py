@@ -34,6 +34,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
+from labquant.quant.pot import memory_order_constructor
 from labquant.quant.pt2e.inspect import module_name
 from labquant.quant.pt2e.observers import (
     PT2ELearnedPotFakeQuantize,
@@ -291,12 +292,13 @@ def quantizer_for(spec: QConfigSpec, qat: bool, reduce_range: bool) -> Quantizer
 def memory_order_activations(config: QuantizationConfig) -> QuantizationConfig:
     """torchao's x86 QAT config with its fused activation fake-quant reading channels_last
     activations in memory order (PT2EMemoryOrderFakeQuantize: the same arguments and
-    numbers); any other activation constructor (PTQ's observers) is kept."""
+    numbers); PTQ's observers are kept."""
     spec = config.input_activation
-    partial = getattr(spec.observer_or_fake_quant_ctr, "p", None) if spec else None
-    if getattr(partial, "func", None) is not FusedMovingAvgObsFakeQuantize or partial.args:
+    if spec is None:
         return config
-    ctr = PT2EMemoryOrderFakeQuantize.with_args(**partial.keywords)
+    ctr = memory_order_constructor(
+        spec.observer_or_fake_quant_ctr, FusedMovingAvgObsFakeQuantize, PT2EMemoryOrderFakeQuantize
+    )
     activation = dataclasses.replace(spec, observer_or_fake_quant_ctr=ctr)
     output = activation if config.output_activation is spec else config.output_activation
     return dataclasses.replace(config, input_activation=activation, output_activation=output)
