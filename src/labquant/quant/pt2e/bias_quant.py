@@ -15,16 +15,13 @@ The linear's own bias already has a derived fake-quant in torchao's QAT graph.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import FakeQuantizeBase
 
 from labquant.quant.pot import folded_bias, snap_correction
+from labquant.quant.pt2e.conv_bn import conv_bn_folds
 
-_CONV = torch.ops.aten.conv2d.default
-_DIV = torch.ops.aten.div.Tensor
-_BATCH_NORM = torch.ops.aten.batch_norm.default
 _PREFIX = "labquant_bias_snap_"
 
 
@@ -64,13 +61,10 @@ def install(gm: GraphModule) -> int:
     """Insert a FoldedBiasSnap after every `conv2d(fq, fq, None) / k -> batch_norm`; returns
     how many."""
     count = 0
-    for bn in list(gm.graph.nodes):
-        if bn.target is not _BATCH_NORM:
-            continue
-        div = bn.args[0]
-        conv = div.args[0] if isinstance(div, Node) and div.target is _DIV else None
-        if not (isinstance(conv, Node) and conv.target is _CONV) or conv.args[2] is not None:
-            continue
+    for fold in conv_bn_folds(gm):
+        bn, conv = fold.batch_norm, fold.conv
+        if bn.args[0] is not fold.division or conv.args[2] is not None:
+            continue  # a conv bias of its own: no such fold in labquant's networks
         sources = [_fake_quant_of(gm, conv.args[0]), _fake_quant_of(gm, conv.args[1])]
         if None in sources:
             continue

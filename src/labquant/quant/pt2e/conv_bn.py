@@ -15,43 +15,40 @@ finds its own pattern.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.fx import GraphModule, Node
 
 _aten = torch.ops.aten
-_TRAINING_ARG = 5  # aten.batch_norm(input, weight, bias, mean, var, training, momentum, eps, ...)
+BATCH_NORM = _aten.batch_norm.default
+TRAINING_ARG = 5  # aten.batch_norm(input, weight, bias, mean, var, training, momentum, eps, ...)
 
 
-def _batch_norm_after(division: Node) -> Node | None:
-    """The batch_norm node the fold's division feeds (directly, or through the conv bias add)."""
-    for user in division.users:
-        if user.target is _aten.batch_norm.default and user.args[0] is division:
-            return user
-        if user.target is _aten.add.Tensor and len(user.users) == 1:
-            (after,) = user.users
-            if after.target is _aten.batch_norm.default and after.args[0] is user:
-                return after
-    return None
+@dataclass(frozen=True)
+class ConvBnFold:
+    """One `batch_norm(conv / k [+ b])` of torchao's QAT rewrite (`b`: the conv's own bias)."""
+
+    batch_norm: Node
+    division: Node
+    conv: Node
 
 
-def _fold_divisions(gm: GraphModule) -> list[tuple[Node, Node]]:
-    """(division, batch_norm) for every `conv / reshape(k)` that feeds a batch_norm."""
-    found = []
+def conv_bn_folds(gm: GraphModule) -> list[ConvBnFold]:
+    """Every conv-BN fold of a PT2E QAT graph (bias_quant.py snaps their folded biases)."""
+    folds = []
     for node in gm.graph.nodes:
-        if node.target is not _aten.div.Tensor or len(node.args) != 2:
+        if node.target is not BATCH_NORM:
             continue
-        numerator, divisor = node.args
-        if not isinstance(numerator, Node) or numerator.target is not _aten.conv2d.default:
+        division = node.args[0]
+        if isinstance(division, Node) and division.target is _aten.add.Tensor:
+            division = division.args[0]
+        if not (isinstance(division, Node) and division.target is _aten.div.Tensor):
             continue
-        if not isinstance(divisor, Node):
-            continue
-        live = divisor.args[0] if divisor.target is _aten.detach.default else divisor
-        if not isinstance(live, Node) or live.target is not _aten.reshape.default:
-            continue
-        batch_norm = _batch_norm_after(node)
-        if batch_norm is not None:
-            found.append((node, batch_norm))
-    return found
+        conv = division.args[0]
+        if isinstance(conv, Node) and conv.target is _aten.conv2d.default:
+            folds.append(ConvBnFold(node, division, conv))
+    return folds
 
 
 def sync_fold_divisors(gm: GraphModule, detach: bool = True) -> int:
@@ -59,19 +56,19 @@ def sync_fold_divisors(gm: GraphModule, detach: bool = True) -> int:
     everywhere with `detach=False`: what convert must see, torchao's own pattern); returns how
     many divisions are detached now."""
     changed, detached = False, 0
-    for division, batch_norm in _fold_divisions(gm):
-        numerator, divisor = division.args
-        is_detached = divisor.target is _aten.detach.default
-        if detach and batch_norm.args[_TRAINING_ARG] is True:
+    for fold in conv_bn_folds(gm):
+        numerator, divisor = fold.division.args
+        is_detached = isinstance(divisor, Node) and divisor.target is _aten.detach.default
+        if detach and fold.batch_norm.args[TRAINING_ARG] is True:
             detached += 1
             if not is_detached:
-                with gm.graph.inserting_before(division):
-                    detach = gm.graph.call_function(_aten.detach.default, (divisor,))
-                detach.meta = dict(divisor.meta)
-                division.args = (numerator, detach)
+                with gm.graph.inserting_before(fold.division):
+                    detach_node = gm.graph.call_function(_aten.detach.default, (divisor,))
+                detach_node.meta = dict(divisor.meta)
+                fold.division.args = (numerator, detach_node)
                 changed = True
         elif is_detached:
-            division.args = (numerator, divisor.args[0])
+            fold.division.args = (numerator, divisor.args[0])
             gm.graph.erase_node(divisor)
             changed = True
     if changed:

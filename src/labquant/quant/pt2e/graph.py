@@ -16,10 +16,9 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
 from labquant.quant.pt2e import bias_quant, conv_bn
+from labquant.quant.pt2e.conv_bn import BATCH_NORM, TRAINING_ARG
 
-BATCH_NORM = torch.ops.aten.batch_norm.default
 BN_FROZEN = "_labquant_bn_frozen"
-_TRAINING_ARG = 5  # aten.batch_norm(input, weight, bias, mean, var, training, momentum, eps, ...)
 
 
 def capture(net: nn.Module, example: Tensor) -> GraphModule:
@@ -47,9 +46,9 @@ def freeze_batch_norm_stats(gm: GraphModule) -> None:
 def _set_batch_norm_training(gm: GraphModule, training: bool) -> None:
     changed = False
     for node in gm.graph.nodes:
-        if node.target is BATCH_NORM and node.args[_TRAINING_ARG] is not training:
+        if node.target is BATCH_NORM and node.args[TRAINING_ARG] is not training:
             args = list(node.args)
-            args[_TRAINING_ARG] = training
+            args[TRAINING_ARG] = training
             node.args = tuple(args)
             changed = True
     if changed:
