@@ -104,6 +104,8 @@ def test_lab_backends_name_the_pt2e_stages_and_rows(tmp_path: Path) -> None:
         for layer in results["layers"]:
             assert layer["bits"] == {"weight": 4, "activation": 4}, layer["name"]
             assert 0 <= layer["clip_fraction"] <= 1 and "weight_sqnr_db" in layer
+        # the preset's post-ReLU outputs are unsigned: codes 0..15 with zero point 0 (others 8)
+        assert {layer["zero_point"] for layer in results["layers"]} == {0, 8}, stage
         bitexact = json.loads((lab_dir / stage / "export" / "bitexact.json").read_text())
         assert bitexact["identical_images"] == bitexact["images"] == 400, stage
         summary = json.loads((lab_dir / stage / "export" / "integer_model.json").read_text())
