@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from labquant.quant.pt2e import stem
 from labquant.quant.pt2e.backend import PT2EBackend, load_pt2
 from labquant.quant.pt2e.bias_quant import FoldedBiasSnap
 from labquant.quant.pt2e.inspect import getattr_path
+from labquant.tasks.lab import exported_stages
 from labquant.tasks.quantize import quantize
 from tests.conftest import (
     QUANT_MODEL,
@@ -135,6 +137,37 @@ def test_eager_and_pt2e_give_the_same_scales_on_the_same_batches(name: str) -> N
 def test_unsupported_qconfig_is_refused_before_any_work() -> None:
     with pytest.raises(ConfigError, match="backend=pt2e does not support qconfig=qnnpack"):
         PT2EBackend().check(qconfig_spec("qnnpack"))
+
+
+@pytest.mark.parametrize("qconfig", ["pot", "pot_w4a4", "pot_mse"])
+def test_fuse_residual_add_refuses_qconfigs_inductor_cannot_fuse(qconfig) -> None:
+    """Zero point 128 and narrowed activation codes put a clamp between the add and its
+    quantize, where Inductor's fusion stops (2-3x slower): refused with one line."""
+    spec = qconfig_spec(qconfig)
+    with pytest.raises(
+        ConfigError,
+        match=rf"^backend.fuse_residual_add=true does not support "
+        rf"qconfig={qconfig} .*use qconfig=pot_unsigned, or backend=pt2e$",
+    ):
+        PT2EBackend(fuse_residual_add=True).check(spec)
+    PT2EBackend().check(spec)  # plain pt2e takes it
+
+
+def test_fused_backend_names_its_stages_and_ships_no_onnx_or_integer_export() -> None:
+    fused, plain = PT2EBackend(onnx=True, fuse_residual_add=True), PT2EBackend(onnx=True)
+    for spec in (qconfig_spec("x86"), qconfig_spec("pot_unsigned")):
+        fused.check(spec)
+    assert (fused.name, fused.stage_suffix) == ("pt2e_fused", "_pt2e_fused")
+    assert (plain.name, plain.stage_suffix) == ("pt2e", "_pt2e")
+    assert not fused.onnx and not fused.exports_integers
+    assert plain.onnx and plain.exports_integers
+    stages = {
+        "fp32": {},
+        "ptq_pot_unsigned_pt2e": {"backend": "pt2e", "max_shift_amount": 8},
+        "ptq_pot_unsigned_pt2e_fused": {"backend": "pt2e_fused", "max_shift_amount": 8},
+    }
+    backends = {b.name: SimpleNamespace(backend=b) for b in (plain, fused)}
+    assert exported_stages(stages, backends) == ["ptq_pot_unsigned_pt2e"]
 
 
 def test_a_missing_or_damaged_pt2_file_is_a_one_line_error(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """What Inductor makes of the pt2e int8 programs on this (any x86) CPU: every convolution and
 the linear layer of the power-of-two program lower to oneDNN's int8 ops, as the x86 program's
 do (conv-bn-relu and the residual add included), so neither runs a float convolution; with
-backend.stem=fp32 the stem alone does."""
+backend.stem=fp32 the stem alone does. backend=pt2e_fused folds each residual add into its conv
+(oneDNN's sum post-op)."""
 
 from __future__ import annotations
 
@@ -53,4 +54,30 @@ def test_every_conv_and_linear_runs_in_an_int8_kernel(qconfig, stem, float_convs
         return  # an int8 stem saturates int16 pair sums here (quant/pt2e/stem.py): not comparable
     with torch.no_grad():
         reference = int8.module(x)  # the Q/DQ graph itself, uncompiled
+    torch.testing.assert_close(int8(x), reference, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("qconfig", ["x86", "pot_unsigned"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_fuse_residual_add_lowers_conv_add_relu_to_one_int8_conv(qconfig, fuse) -> None:
+    """backend.fuse_residual_add=true: each block's conv + add + relu is one int8 conv with a
+    binary post-op (onednn::qconv2d_pointwise, the .binary overload), no conv runs in float,
+    and the compiled program equals its own Q/DQ graph; without it none is fused."""
+    torch.manual_seed(0)
+    net = small_resnet(layers=(1, 1), base_width=8, num_classes=10).eval()
+    x = torch.randn(16, 3, 16, 16)
+    backend = PT2EBackend(compile=True, onnx=False, stem="int8", fuse_residual_add=fuse)
+    spec = qconfig_spec(qconfig)
+    prepared = backend.prepare_ptq(net, spec, x)
+    prepared(x)
+    int8 = backend.convert(prepared, spec, x)
+    ops = _ops_per_forward(int8, x)
+    fused = ops["onednn::qconv2d_pointwise"]
+    assert fused == (2 if fuse else 0), ops  # one residual add per block
+    assert ops["onednn::qconv_pointwise"] + fused == 6, ops
+    assert ops["aten::mkldnn_convolution"] + ops["aten::_slow_conv2d_forward"] == 0, ops
+    if not has_vnni():
+        return  # an int8 stem saturates int16 pair sums here (quant/pt2e/stem.py)
+    with torch.no_grad():
+        reference = int8.module(x)
     torch.testing.assert_close(int8(x), reference, atol=0.1, rtol=0.05)

@@ -129,6 +129,8 @@ class Artifacts(Protocol):
 class IntegerExporter(Protocol):
     """A backend that turns a saved power-of-two stage into the integer-only program."""
 
+    exports_integers: bool  # False where its settings make a program the integer ops cannot hold
+
     def integer_export(
         self,
         net: nn.Module,

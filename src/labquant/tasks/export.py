@@ -172,8 +172,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
     check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
     backend = instantiate(stage_cfg.backend, "backend")
-    if not isinstance(backend, IntegerExporter):
-        raise ConfigError(f"backend={backend.name} has no integer export; use backend=eager")
+    if not isinstance(backend, IntegerExporter) or not backend.exports_integers:
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir}: backend={backend.name} has no integer export; "
+            "quantize with backend=eager or backend=pt2e"
+        )
     dm = instantiate(stage_cfg.data, "data")
     dm.prepare_data()
     dm.setup("fit")

@@ -169,7 +169,9 @@ def exported_stages(stage_results: dict[str, Any], backends: dict[str, LabBacken
     """The stages `lab.export=true` exports: the power-of-two ones of a backend that has an
     integer export."""
     exporters = {
-        b.backend.name for b in backends.values() if isinstance(b.backend, IntegerExporter)
+        b.backend.name
+        for b in backends.values()
+        if isinstance(b.backend, IntegerExporter) and b.backend.exports_integers
     }
     names = []
     for name, results in stage_results.items():

@@ -55,6 +55,7 @@ class EagerBackend:
     name = "eager"
     modes = ("ptq", "qat")
     stage_suffix = ""  # the lab's stage folders before PT2E: ptq_pot, qat_pot
+    exports_integers = True
 
     def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
         check_mode(self, mode)

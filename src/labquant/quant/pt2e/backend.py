@@ -105,6 +105,13 @@ class PT2EInt8Model:
             return self._runner(len(x))(x)
 
 
+def fusable(qconfig: QConfigSpec) -> bool:
+    """Whether Inductor lowers a power-of-two conv + add + relu as one int8 conv: only with
+    8-bit post-ReLU outputs at zero point 0 (zero point 128 needs a clamp after the ReLU,
+    narrowed codes one after the add, and either breaks the pattern: measured 2-3x slower)."""
+    return qconfig.activations == "unsigned" and qconfig.activation_bits == 8
+
+
 class PT2EBackend:
     """torch.export + torchao PT2E: a Quantizer, QATQuantizer, Artifacts and IntegerExporter
     (quant/backend.py)."""
@@ -114,11 +121,21 @@ class PT2EBackend:
     stage_suffix = "_pt2e"
 
     def __init__(
-        self, compile: bool = True, onnx: bool = True, stem: stem.StemMode = "auto"
+        self,
+        compile: bool = True,
+        onnx: bool = True,
+        stem: stem.StemMode = "auto",
+        fuse_residual_add: bool = False,
     ) -> None:
         self.compile = bool(compile)
-        self.onnx = bool(onnx)
         self.stem = stem
+        self.fuse_residual_add = bool(fuse_residual_add)
+        # Fused, the conv feeding each residual add has no QuantizeLinear: ONNX Runtime would run
+        # it in FP32, and the integer program has no conv-with-accumulate op. Neither is written.
+        self.onnx = bool(onnx) and not self.fuse_residual_add
+        self.exports_integers = not self.fuse_residual_add
+        if self.fuse_residual_add:  # its own stage folders and bench contenders
+            self.name, self.stage_suffix = "pt2e_fused", "_pt2e_fused"
 
     def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
         check_mode(self, mode)
@@ -128,12 +145,21 @@ class PT2EBackend:
                 f"{qconfig.engine}): torchao's X86InductorQuantizer targets x86; use qconfig=x86, "
                 "pot or pot_unsigned, or backend=eager"
             )
+        if self.fuse_residual_add and qconfig.power_of_two and not fusable(qconfig):
+            raise ConfigError(
+                f"backend.fuse_residual_add=true does not support qconfig={qconfig.name} "
+                f"(activations={qconfig.activations}, activation_bits="
+                f"{qconfig.activation_bits}): Inductor fuses the add's ReLU only into 8-bit "
+                "outputs at zero point 0; use qconfig=pot_unsigned, or backend=pt2e"
+            )
 
     def _prepare(self, net: nn.Module, qconfig: QConfigSpec, example: Tensor, qat: bool):
         self.check(qconfig, "qat" if qat else "ptq")
         net.train(qat)
         captured = graph.capture(net, example)
-        quantizer = quantizer_for(qconfig, qat=qat, reduce_range=not has_vnni())
+        quantizer = quantizer_for(
+            qconfig, qat=qat, reduce_range=not has_vnni(), fuse_residual_add=self.fuse_residual_add
+        )
         prepare = prepare_qat_pt2e if qat else prepare_pt2e
         prepared = prepare(captured, quantizer)
         if qat and qconfig.power_of_two and qconfig.snap_bias:

@@ -17,6 +17,7 @@ from torchao.quantization.pt2e import FakeQuantizeBase, ObserverBase
 from labquant.quant.layers import LayerRow, measure, observer_status
 
 aten = torch.ops.aten
+ADDS = (aten.add.Tensor, aten.add_.Tensor)
 MATMULS = (aten.conv2d.default, aten.linear.default)
 QUANTIZE = "quantize_per_tensor"
 DEQUANTIZE = "dequantize_per"
@@ -50,11 +51,13 @@ def getattr_path(gm: nn.Module, target: str) -> Any:
 
 
 def _output_quantize(node: Node) -> Node | None:
-    """The quantize node that ends a conv / linear's fused chain (conv -> [relu] -> quantize)."""
+    """The quantize node that ends a conv / linear's fused chain (conv -> [relu] -> quantize);
+    None for a conv fused into a residual add (backend=pt2e_fused): its output is never
+    quantized, and the add's quantize is the add's own."""
     current = node
     for _ in range(4):
         users = list(current.users)
-        if len(users) != 1:
+        if len(users) != 1 or users[0].target in ADDS:
             return None
         current = users[0]
         if _is(current, QUANTIZE):

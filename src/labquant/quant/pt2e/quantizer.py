@@ -8,7 +8,9 @@ max_shift_amount; conv(-bn)(-relu) and linear quantize their input,
 weight and output, the residual add quantizes both inputs and its (relu) output, pooling and
 flatten share their input's qparams, and a bias the graph already has is int32 at
 s_in * s_w (DerivedQuantizationSpec). `activations="unsigned"` makes every post-ReLU output
-0..255 with zero point 0.
+0..255 with zero point 0. `backend.fuse_residual_add=true` (backend=pt2e_fused) leaves the
+conv feeding each residual add unquantized, so Inductor lowers conv + add + relu as one int8
+conv with oneDNN's sum post-op: one rounding instead of two, and no add kernel.
 """
 
 from __future__ import annotations
@@ -127,9 +129,10 @@ class PowerOfTwoQuantizer(Quantizer):
     """Annotates labquant's ResNets (and any conv / linear / add / relu / pool graph) with
     power-of-two QuantizationSpecs; see the module docstring for the rules."""
 
-    def __init__(self, spec: QConfigSpec, qat: bool) -> None:
+    def __init__(self, spec: QConfigSpec, qat: bool, fuse_residual_add: bool = False) -> None:
         super().__init__()
         self.qat, self.spec = qat, spec
+        self.fuse_residual_add = fuse_residual_add
         self.act = _spec(qat, spec, signed=False)
         self.weight = _spec(qat, spec, signed=True)
         self._layer_specs: dict[tuple[int, int], tuple[QuantizationSpec, ...]] = {}
@@ -211,12 +214,30 @@ class PowerOfTwoQuantizer(Quantizer):
 
     def _annotate_add(self, node: Node) -> None:
         operands = [a for a in node.args[:2] if isinstance(a, Node)]
+        fused = self._fused_conv_output(operands) if self.fuse_residual_add else None
+        if fused is not None:  # one rounding: conv + add [+ relu] is one int8 op
+            fused.meta[ANNOTATION].output_qspec = None
+            operands.remove(fused)
         inputs = {a: self._input_spec(a) for a in operands}
         chain, relu = [node], False
         after = _follow(node, RELUS)
         if after is not None:
             chain, relu = [node, after], True
         self._annotate_chain(chain, inputs, relu)
+
+    @staticmethod
+    def _fused_conv_output(operands: list[Node]) -> Node | None:
+        """The add operand Inductor fuses into its conv (oneDNN's sum post-op): the output of a
+        conv [-> batch_norm] chain with no ReLU, read by the add alone. Its output stays float,
+        as X86InductorQuantizer leaves it, so the add's other input is the accumulator."""
+        for operand in operands:
+            annotation = operand.meta.get(ANNOTATION)
+            if annotation is None or annotation.output_qspec is None or len(operand.users) != 1:
+                continue
+            source = operand.args[0] if operand.target in NORMS else operand
+            if isinstance(source, Node) and source.target is aten.conv2d.default:
+                return operand
+        return None
 
     def _annotate_pass_through(self, node: Node) -> None:
         source = node.args[0]
@@ -277,13 +298,21 @@ class X86ResidualQuantizer(X86InductorQuantizer):
         return model
 
 
-def quantizer_for(spec: QConfigSpec, qat: bool, reduce_range: bool) -> Quantizer:
+def quantizer_for(
+    spec: QConfigSpec, qat: bool, reduce_range: bool, fuse_residual_add: bool = False
+) -> Quantizer:
     """The torchao Quantizer of a qconfig; `reduce_range`: 7-bit activations for the default
-    x86 config on CPUs without VNNI (u8 x s8 pair sums saturate int16 there)."""
+    x86 config on CPUs without VNNI (u8 x s8 pair sums saturate int16 there);
+    `fuse_residual_add`: the conv feeding each residual add keeps a float output, so Inductor
+    lowers conv + add [+ relu] as one int8 conv (x86: torchao's own annotation)."""
     if spec.power_of_two:
-        return PowerOfTwoQuantizer(spec, qat)
+        return PowerOfTwoQuantizer(spec, qat, fuse_residual_add)
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
     config = memory_order_activations(config)
+    if fuse_residual_add:
+        quantizer: Quantizer = X86InductorQuantizer()
+        quantizer.set_global(config)
+        return quantizer
     quantizer = X86ResidualQuantizer(config.input_activation)
     quantizer.set_global(config)
     return quantizer

@@ -17,6 +17,7 @@ large 3x3 conv, is the CPU's own ratio, for comparison between CPUs.
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from labquant.config.groups import load_group_option
 from labquant.config.instantiate import instantiate
+from labquant.errors import ConfigError
 from labquant.machine import cpu
 from labquant.quant.backend import Int8Model, QuantBackend
 from labquant.quant.qconfigs import QConfigSpec
@@ -39,6 +41,8 @@ from labquant.tasks.fp32_paths import fp32_runtimes
 
 # Short names of a backend's other runtimes in bench.json (`ort_x86`).
 RUNTIME_PREFIX = {"onnxruntime": "ort"}
+
+log = logging.getLogger(__name__)
 
 Runner = Callable[[Tensor], Tensor]
 
@@ -134,6 +138,17 @@ def headline(
     return out
 
 
+def supports(backend: QuantBackend, spec: QConfigSpec) -> bool:
+    """Whether the backend quantizes this qconfig (backend=pt2e_fused refuses pot at zero
+    point 128, for one): a refused pair is left out of the bench, and the log says why."""
+    try:
+        backend.check(spec, "ptq")
+    except ConfigError as refused:
+        log.info("inference: no %s contender: %s", contender(backend.name, spec.name), refused)
+        return False
+    return True
+
+
 def contender(backend: str, qconfig: str) -> str:
     """`pt2e_pot`: a backend's own int8 form of a qconfig, as bench.json names it."""
     return f"{backend}_{qconfig}"
@@ -178,6 +193,8 @@ def bench_model(
     flavours: dict[str, list[str]] = {q: [] for q in qconfigs}
     for backend in backends.values():
         for qconfig, spec in qconfigs.items():
+            if not supports(backend, spec):
+                continue
             model = int8_model(backend, fp32, spec, calibration)
             own = contender(backend.name, qconfig)
             artifact = backend.artifact_sizes(model)
