@@ -31,6 +31,7 @@ TINY_BENCH = [
     # No Inductor compile and no ONNX export here (minutes); test_onnx_contenders covers pt2e
     # (uncompiled) and ONNX Runtime.
     "inference.backends=[eager]",
+    "qconfigs=[x86,pot]",
     "inference.compile=false",
     "inference.onnx=false",
     "inference.kernel.channels=16",
@@ -154,6 +155,21 @@ def test_onnx_contenders(tmp_path: Path) -> None:
         assert inference["small"][f"int8_speedup_{batch}_path"] == best == row["int8_best_path"]
     assert "kernel" not in inference and "int8_of_kernel_b1" not in inference["small"]
     assert sizes["small"]["pt2e_x86"]["pt2_mib"] > 0 < sizes["small"]["pt2e_x86"]["ratio"]
+
+
+def test_a_qconfig_the_backend_refuses_has_no_contender(caplog) -> None:
+    """backend=pt2e_fused takes x86 but refuses pot at zero point 128: the bench leaves that
+    pair out and says why, and keeps the others."""
+    from labquant.tasks.bench.common import qconfig_specs
+    from labquant.tasks.bench.inference import backend_for, bench_inference
+
+    backends = {"pt2e_fused": backend_for("pt2e_fused", compile=False, onnx=True)}
+    with caplog.at_level("INFO"):
+        _, sizes = bench_inference(
+            ["small"], backends, qconfig_specs(["x86", "pot"]), 1, 1, 1, compile=False, timed=False
+        )
+    assert {k for k in sizes["small"] if isinstance(sizes["small"][k], dict)} == {"pt2e_fused_x86"}
+    assert "no pt2e_fused_pot contender: backend.fuse_residual_add=true" in caplog.text
 
 
 def test_fp32_runtimes_agree_and_the_best_is_named() -> None:
