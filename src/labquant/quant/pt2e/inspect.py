@@ -17,7 +17,9 @@ from torchao.quantization.pt2e import FakeQuantizeBase, ObserverBase
 from labquant.quant.layers import LayerRow, measure, observer_status
 
 aten = torch.ops.aten
+# The op groups every pt2e graph pass matches (quantizer, integer export, inspection).
 ADDS = (aten.add.Tensor, aten.add_.Tensor)
+RELUS = (aten.relu.default, aten.relu_.default)
 MATMULS = (aten.conv2d.default, aten.linear.default)
 QUANTIZE = "quantize_per_tensor"
 DEQUANTIZE = "dequantize_per"

@@ -32,7 +32,7 @@ from torch.fx import GraphModule, Node
 from labquant.errors import ConfigError
 from labquant.hw.program import Codes, IntegerProgram, add_op, avgpool_op
 from labquant.quant.pot import FIX_EXPORT, bits_of, combine, per_channel, shift_of, shifts_of
-from labquant.quant.pt2e.inspect import Recorder, getattr_path, module_name
+from labquant.quant.pt2e.inspect import ADDS, RELUS, Recorder, getattr_path, module_name
 from labquant.quant.pt2e.widths import unclamped
 
 aten = torch.ops.aten
@@ -41,8 +41,6 @@ Q = _decomposed.quantize_per_tensor.default
 DQ = _decomposed.dequantize_per_tensor.default
 DQ_PER_CHANNEL = _decomposed.dequantize_per_channel.default
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
-RELUS = (aten.relu.default, aten.relu_.default)
-ADDS = (aten.add.Tensor, aten.add_.Tensor)
 POOLS = (aten.adaptive_avg_pool2d.default, aten.mean.dim)
 FLATTENS = (aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 

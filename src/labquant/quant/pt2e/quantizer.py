@@ -37,7 +37,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 )
 
 from labquant.quant.pot import memory_order_constructor
-from labquant.quant.pt2e.inspect import module_name
+from labquant.quant.pt2e.inspect import ADDS, MATMULS, RELUS, module_name
 from labquant.quant.pt2e.observers import (
     PT2ELearnedPotFakeQuantize,
     PT2EMemoryOrderFakeQuantize,
@@ -49,10 +49,7 @@ from labquant.quant.qconfigs import QConfigSpec
 
 ANNOTATION = "quantization_annotation"
 aten = torch.ops.aten
-MATMULS = (aten.conv2d.default, aten.linear.default)
 NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
-RELUS = (aten.relu.default, aten.relu_.default)
-ADDS = (aten.add.Tensor, aten.add_.Tensor)
 # Ops whose output keeps the input's qparams (eager's quantized avgpool / flatten do the same).
 PASS_THROUGH = (
     aten.adaptive_avg_pool2d.default,
@@ -309,11 +306,11 @@ def quantizer_for(
         return PowerOfTwoQuantizer(spec, qat, fuse_residual_add)
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
     config = memory_order_activations(config)
-    if fuse_residual_add:
-        quantizer: Quantizer = X86InductorQuantizer()
-        quantizer.set_global(config)
-        return quantizer
-    quantizer = X86ResidualQuantizer(config.input_activation)
+    quantizer = (
+        X86InductorQuantizer()
+        if fuse_residual_add
+        else X86ResidualQuantizer(config.input_activation)
+    )
     quantizer.set_global(config)
     return quantizer
 

@@ -23,9 +23,10 @@ import copy
 import torch
 from torch.fx import GraphModule, Node
 
+from labquant.quant.pt2e.inspect import RELUS
+
 _Q = torch.ops.quantized_decomposed.quantize_per_tensor.default
 _DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-_RELUS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 _HARDTANH = torch.ops.aten.hardtanh.default
 
 
@@ -35,7 +36,7 @@ def _shiftable(quantize: Node) -> bool:
     if quantize.target is not _Q or len(quantize.args) < 6:
         return False
     source, scale, zero_point, qmin, qmax, dtype = quantize.args[:6]
-    if not (isinstance(source, Node) and source.target in _RELUS):
+    if not (isinstance(source, Node) and source.target in RELUS):
         return False
     if dtype is not torch.uint8 or (qmin, qmax) != (0, 255) or not isinstance(scale, float):
         return False
