@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from labquant.cli import export as cli_export
 from labquant.cli.app import run_job
+from labquant.config.paths import CONF_DIR
 from labquant.errors import ConfigError
 from labquant.tasks.export import export
 
@@ -43,6 +44,24 @@ def test_a_non_power_of_two_stage_is_refused(tmp_path) -> None:
     OmegaConf.save({"qconfig": qconfig, "backend": {"name": "eager"}}, stage / ".hydra/config.yaml")
     with pytest.raises(ConfigError, match=r"^stage_dir=.*qconfig=x86, not a power-of-two"):
         export(export_cfg(tmp_path))
+    assert not (stage / "export").exists()
+
+
+def test_a_pt2e_fused_stage_is_refused(tmp_path) -> None:
+    """backend=pt2e_fused adds each residual add into its conv's accumulator, an op the integer
+    program does not have: one line, before any file is read or written."""
+    stage = tmp_path / "ptq_pot_unsigned_pt2e_fused"
+    (stage / ".hydra").mkdir(parents=True)
+    (stage / "results.json").write_text(
+        json.dumps({"status": "complete", "stage": "ptq", "qconfig": "pot_unsigned"})
+    )
+    qconfig = OmegaConf.load(CONF_DIR / "qconfig/pot_unsigned.yaml")
+    backend = OmegaConf.load(CONF_DIR / "backend/pt2e_fused.yaml")
+    OmegaConf.save({"qconfig": qconfig, "backend": backend}, stage / ".hydra/config.yaml")
+    with pytest.raises(
+        ConfigError, match=r"^stage_dir=.*backend=pt2e_fused has no integer export; quantize with"
+    ):
+        export(export_cfg(tmp_path, stage_dir=str(stage)))
     assert not (stage / "export").exists()
 
 

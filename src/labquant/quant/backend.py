@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -142,6 +142,12 @@ class IntegerExporter(Protocol):
         """An object with `program` (hw/program.py), `engine`, and `layer_codes(x)`: the torch
         int8 model's own output codes per op, to measure bit-exactness against."""
         ...
+
+
+def exports_integers(backend: object) -> TypeGuard[IntegerExporter]:
+    """Whether `labquant-export` can turn this backend's stages into the integer program: an
+    IntegerExporter whose settings keep to the integer ops (not backend=pt2e_fused)."""
+    return isinstance(backend, IntegerExporter) and backend.exports_integers
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from labquant.hw import reference
 from labquant.hw.golden import write_golden
 from labquant.hw.program import check_program
 from labquant.machine import cpu, has_vnni
-from labquant.quant.backend import IntegerExporter
+from labquant.quant.backend import exports_integers
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json, write_json
 from labquant.tasks.checks import check_stage_files, stage_files
@@ -165,18 +165,18 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"stage_dir={cfg.stage_dir} was quantized with qconfig={qconfig.name}, not a "
             f"power-of-two qconfig (its requantization needs a multiplier); {FIX_STAGE}"
         )
+    backend = instantiate(stage_cfg.backend, "backend")
+    if not exports_integers(backend):
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir}: backend={backend.name} has no integer export; "
+            "quantize with backend=eager or backend=pt2e"
+        )
     if not stage_files(stage_dir, saved):
         raise ConfigError(
             f"stage_dir={cfg.stage_dir}: its results.json names no int8 file; {FIX_STAGE}"
         )
     what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
     check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
-    backend = instantiate(stage_cfg.backend, "backend")
-    if not isinstance(backend, IntegerExporter) or not backend.exports_integers:
-        raise ConfigError(
-            f"stage_dir={cfg.stage_dir}: backend={backend.name} has no integer export; "
-            "quantize with backend=eager or backend=pt2e"
-        )
     dm = instantiate(stage_cfg.data, "data")
     dm.prepare_data()
     dm.setup("fit")

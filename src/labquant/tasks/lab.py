@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from labquant.config.groups import is_option_file, load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
-from labquant.quant.backend import IntegerExporter, QuantBackend, Quantizer
+from labquant.quant.backend import QuantBackend, Quantizer, exports_integers
 from labquant.quant.layers import quantizable_layers
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import completed_results, read_json
@@ -168,11 +168,7 @@ def export_config(cfg: DictConfig, lab_dir: Path, name: str) -> DictConfig:
 def exported_stages(stage_results: dict[str, Any], backends: dict[str, LabBackend]) -> list[str]:
     """The stages `lab.export=true` exports: the power-of-two ones of a backend that has an
     integer export."""
-    exporters = {
-        b.backend.name
-        for b in backends.values()
-        if isinstance(b.backend, IntegerExporter) and b.backend.exports_integers
-    }
+    exporters = {b.backend.name for b in backends.values() if exports_integers(b.backend)}
     names = []
     for name, results in stage_results.items():
         if name == "fp32" or results.get("max_shift_amount") is None:
