@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel
 
 from labquant.config import schema
+from labquant.config.apps import APPS
 from labquant.config.instantiate import instantiate
 from labquant.config.paths import CONF_DIR
 from labquant.config.resolvers import register_resolvers
@@ -42,9 +43,41 @@ def settings_error(cfg: DictConfig) -> str:
     return message
 
 
-@pytest.mark.parametrize("name", ["train", "quantize", "lab", "bench"])
+# What each app needs set on top of its conf/<app>.yaml (a `???` there).
+REQUIRED = {"export": ["stage_dir=outputs/lab/ptq_pot"]}
+
+
+def app_configs() -> dict[str, object]:
+    """conf/<app>.yaml -> the task_name it sets (None where it sets none)."""
+    return {p.stem: OmegaConf.load(p).get("task_name") for p in sorted(CONF_DIR.glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("name", sorted(app_configs()))
 def test_default_configs_validate(compose_app: Compose, name: str) -> None:
-    validate_settings(compose_app(name))
+    validate_settings(compose_app(name, *REQUIRED.get(name, [])))
+
+
+def test_every_app_has_an_entry_in_the_app_table() -> None:
+    """The schema of a config is looked up by its task_name, never guessed from its keys: a new
+    conf/<app>.yaml without an entry in config/apps.py's APPS fails here."""
+    apps = app_configs()
+    missing = {config: task for config, task in apps.items() if task not in APPS}
+    assert not missing, f"conf/<app>.yaml task_name without an APPS entry: {missing}"
+    assert set(APPS) == set(apps.values()), "an APPS entry no conf/<app>.yaml names"
+
+
+def test_the_app_is_named_by_task_name_not_guessed(compose_app: Compose) -> None:
+    """The app comes from task_name (or `app=`), not from which groups the config holds: a
+    train config given a `quant` group is still checked as train."""
+    cfg = compose_app("quantize")
+    validate_settings(cfg)
+    with pytest.raises(ConfigError, match=r"^task_name=nope is not one of train, quantize"):
+        validate_settings(compose_app("train", "task_name=nope"))
+    with pytest.raises(ConfigError, match=r"^task_name is missing; "):
+        validate_settings(compose_app("train", "~task_name"))
+    validate_settings(compose_app("train", "+quant.mode=ptq"), app="train")
+    with pytest.raises(ConfigError, match=r"^quant\.mode=qatt must be ptq or qat"):
+        validate_settings(compose_app("quantize", "quant.mode=qatt"))
 
 
 @pytest.mark.parametrize(
@@ -60,6 +93,10 @@ def test_default_configs_validate(compose_app: Compose, name: str) -> None:
         ("quantize", ["quant=qat", "qconfig=x86", "ckpt_path=best.ckpt"]),
         ("lab", ["experiment=quick", "lab.qconfigs=[x86,pot]", "lab.qat.epochs=3"]),
         ("bench", ["quick=true", "sections=[inference]", "inference.models=[resnet18]"]),
+        # a target's own arguments that no YAML sets, of the type they declare
+        ("train", ["data=synthetic", "+data.noise=0", "+data.device_resident=false"]),
+        ("train", ["data=cifar10", "+data.url=https://example.org/c.tgz"]),
+        ("train", ["model=resnet50", "model.stem=imagenet", "model.num_classes=100"]),
     ],
 )
 def test_other_valid_settings(compose_app: Compose, name: str, overrides: list[str]) -> None:
@@ -187,6 +224,35 @@ ERRORS = [
         "pot_w4a4, pot_w4a8, pot_w4a8_pc, qnnpack, x86; "
         "e.g. lab.qconfigs=[pot]",
     ),
+    # model and data: each key is an argument of the group's `_target_`, of its declared type
+    (
+        "train",
+        ["model=resnet18", "+model.layers=[1,1,1,1]"],
+        "model.layers=[1,1,1,1] is not a setting of labquant.models.resnet.resnet18; "
+        "choose one of num_classes, stem",
+    ),
+    (  # the experiment's model.layers is small's: with model=resnet18 it is refused too
+        "train",
+        ["experiment=quick", "model=resnet18"],
+        "model.layers=[1,1,1,1] is not a setting of labquant.models.resnet.resnet18; "
+        "choose one of num_classes, stem",
+    ),
+    (
+        "train",
+        ["model=small", "+model.zero_init_residual=true"],
+        "model.zero_init_residual=true is not a setting of labquant.models.resnet.small_resnet; "
+        "choose one of layers, base_width, block, num_classes, stem",
+    ),
+    (
+        "train",
+        ["data=synthetic", "+data.max_shift=abc"],
+        "data.max_shift=abc is not an integer; e.g. data.max_shift=8",
+    ),
+    (
+        "train",
+        ["data=synthetic", "+data.noise=low"],
+        "data.noise=low is not a number; e.g. data.noise=0.15",
+    ),
     # across fields, and an interpolated value blamed on the setting it copies
     (
         "train",
@@ -247,6 +313,32 @@ def test_wrong_settings_give_one_line(
     assert settings_error(compose_app(name, *overrides)) == expected
 
 
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [
+        (  # num_train is synthetic's: CIFAR10DataModule (and its base class) take no such key
+            ["data=cifar10", "+data.num_train=5"],
+            "data.num_train=5 is not a setting of labquant.data.cifar10.CIFAR10DataModule; "
+            "choose one of root, download, url, md5, batch_size, ",
+        ),
+        (
+            ["data=synthetic", "+data.root=data"],
+            "data.root=data is not a setting of labquant.data.synthetic.SyntheticDataModule; "
+            "choose one of num_train, num_test, noise, ",
+        ),
+        (
+            ["data=synthetic", "+data.nois=0.1"],
+            "data.nois=0.1 is not a setting of labquant.data.synthetic.SyntheticDataModule; ",
+        ),
+    ],
+)
+def test_a_data_key_the_datamodule_does_not_take_is_refused(
+    compose_app: Compose, overrides: list[str], start: str
+) -> None:
+    """Arguments the DataModule hands to TensorImageDataModule (**kwargs) count as its own."""
+    assert settings_error(compose_app("train", *overrides)).startswith(start)
+
+
 def test_an_interpolation_that_fails_is_one_line(
     compose_app: Compose, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,15 +359,15 @@ def _fields(model: type[BaseModel], seen: set[type]) -> Iterator[tuple[str, obje
                 yield from _fields(t, seen)
 
 
+def test_the_facade_keeps_the_names_others_import() -> None:
+    assert schema.format_value([1, None]) == "[1,null]"
+    assert callable(schema.check_warmup_epochs) and schema.APPS is APPS
+    assert schema.TrainSettings is APPS["train"] and schema.BenchSettings is APPS["bench"]
+
+
 def test_every_setting_has_an_example() -> None:
     seen: set[type] = set()
-    roots = [
-        schema.TrainSettings,
-        schema.QuantizeSettings,
-        schema.LabSettings,
-        schema.BenchSettings,
-    ]
-    for root in roots:
+    for root in APPS.values():
         for name, extra in _fields(root, seen):
             assert isinstance(extra, dict) and "example" in extra, name
 

@@ -12,7 +12,6 @@ Hydra as `++trainer.gradient_clip_val=1`.
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from labquant.config.paths import CONF_DIR
+from labquant.config.targets import target_arguments
 from labquant.errors import ConfigError
 
 
@@ -47,23 +46,10 @@ def _is_group(override: Override, conf_dir: Path) -> bool:
 
 def target_parameters(target: str) -> set[str] | None:
     """The keyword arguments `_target_` accepts; None when it takes any (**kwargs all the way
-    up) or cannot be inspected. A class's **kwargs are followed into its base classes, as a
-    DataModule subclass hands them to TensorImageDataModule."""
-    try:
-        obj = get_object(target)
-    except Exception:  # an unimportable target fails at instantiation with its own one line
-        return None
-    callables = [c.__init__ for c in inspect.getmro(obj)] if inspect.isclass(obj) else [obj]
-    names: set[str] = set()
-    for function in callables:
-        try:
-            parameters = inspect.signature(function).parameters.values()
-        except (TypeError, ValueError):
-            return None
-        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return names - {"self"}
-    return None
+    up) or cannot be inspected. The schema checks a composed group against the same arguments
+    (config/targets.py), so a key accepted here is one the schema knows to check."""
+    arguments = target_arguments(target)
+    return None if arguments is None else set(arguments)
 
 
 def _line(override: Override, choice: str) -> str:
