@@ -51,32 +51,39 @@ def sensitivity_markdown(results: dict[str, Any]) -> str:
         "the logits against FP32 over uniform W8/A8's); accuracy on this many images moves "
         "in whole images, the noise does not.",
     ]
-    proposal = results.get("proposal")
-    if proposal:
-        lines += [
-            "",
-            f"## Proposal under the budget: `{proposal['name']}`",
-            "",
-            f"- Budget: {_budget(results['budget'])}; search: {proposal['method']}.",
-            f"- {_layers(proposal['low'])} at {low}: {', '.join(proposal['low']) or 'none'}.",
-            f"- {_layers(proposal['high'])} at W8/A8: {', '.join(proposal['high']) or 'none'}.",
-            f"- Packed {proposal['packed_size_mib']:.4f} MiB "
-            f"({proposal['packed_size_mib'] / uniform['high']['packed_size_mib']:.3f} of uniform "
-            f"W8/A8); validation accuracy {proposal['val_acc']:.2f} % (drop "
-            f"{proposal['val_drop_pp']:+.2f} pp against FP32), logits SQNR "
-            f"{proposal['val_sqnr_db']:.1f} dB.",
-            f"- qconfig file: `{Path(proposal.get('qconfig_file', '')).name}` in qconfig/: "
-            "`labquant-quantize qconfig=<run>/qconfig/<name>.yaml ...` or "
-            "`labquant-lab lab.qconfigs=[pot,<run>/qconfig/<name>.yaml]`; its test accuracy "
-            "is measured there.",
-        ]
-        if proposal["steps"]:
-            tried = ", ".join(
-                f"{s['layer']} {s['val_drop_pp']:+.2f}{'' if s['kept'] else ' (kept at 8)'}"
-                for s in proposal["steps"]
-            )
-            lines.append(f"- Steps (layer lowered, validation drop in pp): {tried}.")
+    if results.get("proposal"):
+        lines += _proposal_lines(results, low)
     return "\n".join(lines) + "\n"
+
+
+def _proposal_lines(results: dict[str, Any], low: str) -> list[str]:
+    """The budget's proposal section: which layers go low, what it packs to and scores on the
+    validation split, where its qconfig file is, and the search's steps when it measured any."""
+    proposal, uniform = results["proposal"], results["uniform"]
+    lines = [
+        "",
+        f"## Proposal under the budget: `{proposal['name']}`",
+        "",
+        f"- Budget: {_budget(results['budget'])}; search: {proposal['method']}.",
+        f"- {_layers(proposal['low'])} at {low}: {', '.join(proposal['low']) or 'none'}.",
+        f"- {_layers(proposal['high'])} at W8/A8: {', '.join(proposal['high']) or 'none'}.",
+        f"- Packed {proposal['packed_size_mib']:.4f} MiB "
+        f"({proposal['packed_size_mib'] / uniform['high']['packed_size_mib']:.3f} of uniform "
+        f"W8/A8); validation accuracy {proposal['val_acc']:.2f} % (drop "
+        f"{proposal['val_drop_pp']:+.2f} pp against FP32), logits SQNR "
+        f"{proposal['val_sqnr_db']:.1f} dB.",
+        f"- qconfig file: `{Path(proposal.get('qconfig_file', '')).name}` in qconfig/: "
+        "`labquant-quantize qconfig=<run>/qconfig/<name>.yaml ...` or "
+        "`labquant-lab lab.qconfigs=[pot,<run>/qconfig/<name>.yaml]`; its test accuracy "
+        "is measured there.",
+    ]
+    if proposal["steps"]:
+        tried = ", ".join(
+            f"{s['layer']} {s['val_drop_pp']:+.2f}{'' if s['kept'] else ' (kept at 8)'}"
+            for s in proposal["steps"]
+        )
+        lines.append(f"- Steps (layer lowered, validation drop in pp): {tried}.")
+    return lines
 
 
 def _layers(names: list[str]) -> str:

@@ -168,6 +168,41 @@ def speed_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def worst_layers_section(row: dict[str, Any], layers: list[dict[str, Any]]) -> list[str]:
+    """report.md's section on one stage's five lowest-SQNR layers (their clamps and clipping)
+    and the layers whose shift clamp was hit: where to look first when int8 loses accuracy."""
+    parts = [
+        f"## Five worst layers, {row['stage'].upper()} {row['qconfig']} "
+        f"{row.get('backend') or ''} (SQNR vs FP32)",
+        "",
+        "| layer | SQNR (dB) | weight SQNR (dB) | activation scale | clamp (act / weight) "
+        "| clipped % (act / weight) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in worst_layers(layers):
+        clamp = layer.get("clamp") or {}
+        parts.append(
+            f"| {layer['name']} | {layer['sqnr_db']:.2f} | "
+            f"{_cell(layer.get('weight_sqnr_db'))} | {layer['scale']:.6g} | "
+            f"{clamp.get('activation') or '-'} / {clamp.get('weight') or '-'} | "
+            f"{_percent(layer.get('clip_fraction'))} / "
+            f"{_percent(layer.get('weight_clip_fraction'))} |"
+        )
+    hits = [layer["name"] for layer in layers if "flow" in str((layer.get("clamp") or {}).values())]
+    return [*parts, "", f"Shift clamp hit in: {', '.join(hits) if hits else 'no layer'}.", ""]
+
+
+def curve_lines(lab_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """One loss / accuracy figure link per stage that left one: a runtime row (ORT) shares its
+    stage's training curve, so it adds none."""
+    return [
+        f"![{' '.join(filter(None, [row['stage'].upper(), row['qconfig'], row.get('backend')]))} "
+        f"loss and accuracy per epoch]({row['dir']}/loss_accuracy.png)\n"
+        for row in rows
+        if not row.get("runtime") and (lab_dir / row["dir"] / "loss_accuracy.png").exists()
+    ]
+
+
 def write_lab_report(
     lab_dir: Path,
     rows: list[dict[str, Any]],
@@ -194,43 +229,11 @@ def write_lab_report(
         ]
     parts += figures.get("accuracy_size", []) + figures.get("sqnr", [])
     for row in rows:
-        if row.get("runtime"):
-            continue
-        results = stage_results.get(row["dir"], {})
-        layers = results.get("layers") or []
-        if not layers:
-            continue
-        worst = worst_layers(layers)
-        parts += [
-            f"## Five worst layers, {row['stage'].upper()} {row['qconfig']} "
-            f"{row.get('backend') or ''} (SQNR vs FP32)",
-            "",
-        ]
-        parts += [
-            "| layer | SQNR (dB) | weight SQNR (dB) | activation scale | clamp (act / weight) "
-            "| clipped % (act / weight) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for layer in worst:
-            clamp = layer.get("clamp") or {}
-            parts.append(
-                f"| {layer['name']} | {layer['sqnr_db']:.2f} | "
-                f"{_cell(layer.get('weight_sqnr_db'))} | {layer['scale']:.6g} | "
-                f"{clamp.get('activation') or '-'} / {clamp.get('weight') or '-'} | "
-                f"{_percent(layer.get('clip_fraction'))} / "
-                f"{_percent(layer.get('weight_clip_fraction'))} |"
-            )
-        hits = [
-            layer["name"] for layer in layers if "flow" in str((layer.get("clamp") or {}).values())
-        ]
-        parts += ["", f"Shift clamp hit in: {', '.join(hits) if hits else 'no layer'}.", ""]
+        layers = [] if row.get("runtime") else stage_results.get(row["dir"], {}).get("layers")
+        if layers:
+            parts += worst_layers_section(row, layers)
     parts += figures.get("per_class", [])
-    curves = [  # one per stage: a runtime row (ORT) shares its stage's training curve
-        f"![{' '.join(filter(None, [row['stage'].upper(), row['qconfig'], row.get('backend')]))} "
-        f"loss and accuracy per epoch]({row['dir']}/loss_accuracy.png)\n"
-        for row in rows
-        if not row.get("runtime") and (lab_dir / row["dir"] / "loss_accuracy.png").exists()
-    ]
+    curves = curve_lines(lab_dir, rows)
     if curves:
         parts += ["## Curves", "", *curves, ""]
     notes = speed_notes(rows) + notes

@@ -43,30 +43,12 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, "data")
-    # Missing or corrupt data fails here, before the trainer writes anything.
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    check_batch_size(datamodule)
+    datamodule = prepared_datamodule(cfg)
     module = build_module(cfg)
     # Lightning unwraps a compiled module for checkpoints; `module` keeps the same parameters.
     fitted = torch.compile(module) if cfg.get("compile") else module
     trainer = build_trainer(cfg)
-    # resume=true continues from <run dir>/checkpoints/last.ckpt (Lightning's "last"); every
-    # restore unpickles plain weights only (checkpoints.py).
-    with safe_checkpoint_globals():
-        trainer.fit(
-            fitted,
-            datamodule=datamodule,
-            ckpt_path="last" if cfg.get("resume") else cfg.get("ckpt_path"),
-            weights_only=True,
-        )
-        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best_path = getattr(checkpoint, "best_model_path", "") or None
-        tested = trainer.test(
-            fitted, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
-        )[0]
+    fit_metrics, best_path, tested = fit_and_test(cfg, trainer, fitted, datamodule)
 
     distributed = {
         "world_size": trainer.world_size,
@@ -85,9 +67,67 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
     # After test(ckpt_path=best) the module holds the best weights: that is the model we ship.
     state_dict_path = out_dir / FP32_STATE_DICT
     write_torch(state_dict_path, module.net.state_dict())
+    results = fp32_results(
+        cfg, module, trainer, fit_metrics, tested, state_dict_path, relative_best, distributed
+    )
+    return finish_stage(
+        cfg,
+        results,
+        started=started,
+        stage="fp32",
+        metrics_csv=metrics_csv_path(trainer),
+        curves_title=f"{results['model']} FP32",
+        weights=float_layer_weights(module.net),
+        # FP32 is its own reference in the HPARAMS table; its memory: every parameter at 32 bits.
+        board_extra={"acc_drop": 0.0, "packed_size_mib": round(4 * results["params"] / 2**20, 4)},
+        board_step=trainer.global_step,
+    )
 
-    best_score = getattr(checkpoint, "best_model_score", None)
-    results: dict[str, Any] = {
+
+def prepared_datamodule(cfg: DictConfig) -> Any:
+    """The data set up for fitting: missing or corrupt data, or a batch larger than the
+    training set, fails here, before the trainer writes anything."""
+    datamodule = instantiate(cfg.data, "data")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    check_batch_size(datamodule)
+    return datamodule
+
+
+def fit_and_test(
+    cfg: DictConfig, trainer: pl.Trainer, fitted: Any, datamodule: Any
+) -> tuple[dict[str, float], str | None, dict[str, float]]:
+    """Fit, then test the best checkpoint: (the fit's last metrics, the best checkpoint's path
+    or None, the test metrics). Every restore unpickles plain weights only (checkpoints.py)."""
+    # resume=true continues from <run dir>/checkpoints/last.ckpt (Lightning's "last").
+    with safe_checkpoint_globals():
+        trainer.fit(
+            fitted,
+            datamodule=datamodule,
+            ckpt_path="last" if cfg.get("resume") else cfg.get("ckpt_path"),
+            weights_only=True,
+        )
+        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        tested = trainer.test(
+            fitted, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
+        )[0]
+    return fit_metrics, best_path, tested
+
+
+def fp32_results(
+    cfg: DictConfig,
+    module: Any,
+    trainer: pl.Trainer,
+    fit_metrics: dict[str, float],
+    tested: dict[str, float],
+    state_dict_path: Path,
+    relative_best: str | None,
+    distributed: dict[str, int],
+) -> dict[str, Any]:
+    """results.json's figures of the FP32 stage, in the order the file has always had."""
+    best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    return {
         "stage": "fp32",
         "status": "complete",
         "model": model_name(cfg),
@@ -107,15 +147,3 @@ def fit_fp32(cfg: DictConfig) -> dict[str, Any]:
         **distributed,
         "seed": cfg.seed,
     }
-    return finish_stage(
-        cfg,
-        results,
-        started=started,
-        stage="fp32",
-        metrics_csv=metrics_csv_path(trainer),
-        curves_title=f"{results['model']} FP32",
-        weights=float_layer_weights(module.net),
-        # FP32 is its own reference in the HPARAMS table; its memory: every parameter at 32 bits.
-        board_extra={"acc_drop": 0.0, "packed_size_mib": round(4 * results["params"] / 2**20, 4)},
-        board_step=trainer.global_step,
-    )
