@@ -18,8 +18,9 @@ import torch.ao.nn.quantized as nnq
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
-from labquant.hw.program import IntegerProgram, add_op, avgpool_op
-from labquant.quant.pot import FIX_EXPORT, combine, per_channel, shift_of, shifts_of
+from labquant.hw.builder import Conv, ProgramBuilder, narrowed
+from labquant.hw.program import Codes, IntegerProgram
+from labquant.quant.pot import FIX_EXPORT, shift_of, shifts_of
 
 _QUANTIZED_MATMUL = (nnq.Conv2d, nnq.Linear)
 
@@ -39,85 +40,54 @@ def weight_shifts(weight: Tensor, name: str) -> int | list[int]:
     return shifts_of(weight.q_per_channel_scales(), f"{name}.weight")
 
 
-class _Builder:
+class _Reader:
+    """Reads each converted module's weights and qparams into the program builder."""
+
     def __init__(
         self,
         clamp: dict[str, Any],
         ranges: dict[str, tuple[int, int]],
         weight_bits: Callable[[str], int],
     ) -> None:
-        self.ops: list[dict[str, Any]] = []
-        self.arrays: dict[str, np.ndarray] = {}
-        self.clamp, self.ranges, self.weight_bits = clamp, ranges, weight_bits
+        self.build = ProgramBuilder(clamp)
+        self.ranges, self.weight_bits = ranges, weight_bits
 
     def out_range(self, name: str) -> list[int] | None:
-        codes = self.ranges.get(name)
-        return list(codes) if codes is not None else None
+        return narrowed(self.ranges.get(name))
 
-    def quantize(self, name: str, module: nn.Module) -> tuple[str, int, int]:
-        shift = shift_of(float(module.scale), name)
-        zp = int(module.zero_point)
-        op = {"name": name, "op": "quantize", "output": name, "out_shift": shift,
-              "out_zero_point": zp, "dtype": "uint8"}  # fmt: skip
-        if self.out_range(name):
-            op["out_range"] = self.out_range(name)
-        self.ops.append(op)
-        return name, shift, zp
+    @staticmethod
+    def qparams(name: str, module: nn.Module) -> tuple[int, int]:
+        return shift_of(float(module.scale), name), int(module.zero_point)
 
-    def matmul(self, name: str, module: nn.Module, source: tuple[str, int, int]) -> tuple:
+    def quantize(self, name: str, module: nn.Module) -> Codes:
+        return self.build.quantize(name, self.qparams(name, module), self.out_range(name))
+
+    def matmul(self, name: str, module: nn.Module, source: Codes) -> Codes:
         if not isinstance(module, _QUANTIZED_MATMUL):
             raise ConfigError(f"{name} is {type(module).__name__}, not a quantized conv/linear")
         weight = module.weight()
         w_shift = weight_shifts(weight, name)
-        in_name, in_shift, in_zp = source
-        out_shift = shift_of(float(module.scale), name)
-        out_zp = int(module.zero_point)
-        channels = weight.shape[0]
+        out = self.qparams(name, module)
         bias = module.bias()
-        bias = torch.zeros(channels) if bias is None else bias.detach()
-        # The int32 bias on each channel's accumulator grid 2**-(in_shift + w_shift),
-        # rounded half to even.
-        grid = torch.from_numpy(per_channel(w_shift, channels) + in_shift).double()
-        bias_int = torch.round(bias.double() * torch.exp2(grid))
-        if bias_int.abs().max() >= 2**31:
-            raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
-        shift = combine(w_shift, in_shift - out_shift)
-        conv = isinstance(module, nnq.Conv2d)
-        if conv and (module.groups != 1 or tuple(module.dilation) != (1, 1)):
-            raise ConfigError(f"{name}: grouped or dilated convolutions are not supported")
-        self.arrays[f"{name}.weight"] = weight.int_repr().numpy().astype(np.int8)
-        self.arrays[f"{name}.bias"] = bias_int.numpy().astype(np.int32)
-        op: dict[str, Any] = {
-            "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
-            "weight": f"{name}.weight", "bias": f"{name}.bias",
-            "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
-            "weight_zero_point": 0, "weight_bits": self.weight_bits(name), "out_shift": out_shift,
-            "out_zero_point": out_zp, "shift": shift,
-            "left_shift": bool((per_channel(shift, channels) < 0).any()),
-            "relu": isinstance(module, (nniq.ConvReLU2d, nniq.LinearReLU)),
-            "clamp": self.clamp.get(name),
-        }  # fmt: skip
-        if self.out_range(name):
-            op["out_range"] = self.out_range(name)
-        if conv:
-            op["stride"] = [int(s) for s in module.stride]
-            op["padding"] = [int(p) for p in module.padding]
-        self.ops.append(op)
-        return name, out_shift, out_zp
+        conv = None
+        if isinstance(module, nnq.Conv2d):
+            conv = Conv(module.stride, module.padding, module.groups, module.dilation)
+        return self.build.matmul(
+            name, source, weight.int_repr().numpy(), w_shift, self.weight_bits(name), out,
+            relu=isinstance(module, (nniq.ConvReLU2d, nniq.LinearReLU)),
+            bias=None if bias is None else bias.detach().numpy(), conv=conv,
+            out_range=self.out_range(name),
+        )  # fmt: skip
 
-    def add(self, name: str, module: nn.Module, a: tuple, b: tuple, relu: bool) -> tuple:
-        out = shift_of(float(module.scale), name), int(module.zero_point)
-        self.ops.append(
-            add_op(name, a, b, out, relu, self.clamp.get(name), out_range=self.out_range(name))
-        )
-        return name, *out
+    def add(self, name: str, module: nn.Module, a: Codes, b: Codes, relu: bool) -> Codes:
+        out = self.qparams(name, module)
+        return self.build.add(name, a, b, out, relu, self.out_range(name))
 
-    def avgpool(self, name: str, source: tuple, window: int) -> tuple:
+    def avgpool(self, name: str, source: Codes, window: int) -> Codes:
         codes = self.ranges.get(source[0])
         if codes is not None:
             self.ranges[name] = codes  # the mean of codes stays inside their range
-        self.ops.append(avgpool_op(name, source, window, out_range=self.out_range(name)))
-        return name, source[1], source[2]
+        return self.build.avgpool(name, source, window, self.out_range(name))
 
 
 def integer_program(
@@ -130,31 +100,31 @@ def integer_program(
     """The program of a converted eager ResNet; `input_hw` fixes the avgpool window size,
     `ranges` the narrowed activation codes (widths.activation_ranges), `weight_bits` each
     layer's weight width."""
-    build = _Builder(clamp or {}, dict(ranges or {}), weight_bits)
-    x = build.quantize("quant", int8.quant)
-    x = build.matmul("conv1", int8.conv1, x)
+    read = _Reader(clamp or {}, dict(ranges or {}), weight_bits)
+    x = read.quantize("quant", int8.quant)
+    x = read.matmul("conv1", int8.conv1, x)
     if not isinstance(getattr(int8, "maxpool", nn.Identity()), nn.Identity):
         raise ConfigError("the integer export supports model.stem=cifar only (no max-pool stem)")
     downsampling = 0
     for stage in int8.stage_names:
         for i, block in enumerate(getattr(int8, stage)):
             prefix = f"{stage}.{i}"
-            out = build.matmul(f"{prefix}.conv1", block.conv1, x)
-            out = build.matmul(f"{prefix}.conv2", block.conv2, out)
+            out = read.matmul(f"{prefix}.conv1", block.conv1, x)
+            out = read.matmul(f"{prefix}.conv2", block.conv2, out)
             if hasattr(block, "conv3"):
-                out = build.matmul(f"{prefix}.conv3", block.conv3, out)
+                out = read.matmul(f"{prefix}.conv3", block.conv3, out)
             identity = x
             if block.downsample is not None:
                 conv = block.downsample[0]
                 downsampling += int(conv.stride[0]) > 1
-                identity = build.matmul(f"{prefix}.downsample.0", conv, x)
-            x = build.add(f"{prefix}.skip_add", block.skip_add, out, identity, relu=True)
+                identity = read.matmul(f"{prefix}.downsample.0", conv, x)
+            x = read.add(f"{prefix}.skip_add", block.skip_add, out, identity, relu=True)
     height, width = input_hw
     for _ in range(downsampling):
         height, width = (height + 1) // 2, (width + 1) // 2
-    x = build.avgpool("avgpool", x, height * width)
-    build.matmul("fc", int8.fc, x)
-    return IntegerProgram(build.ops, build.arrays)
+    x = read.avgpool("avgpool", x, height * width)
+    read.matmul("fc", int8.fc, x)
+    return read.build.program()
 
 
 def _capture_points(int8: nn.Module, names: list[str]) -> dict[str, nn.Module]:

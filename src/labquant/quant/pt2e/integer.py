@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
 from labquant.errors import ConfigError
-from labquant.hw.program import Codes, IntegerProgram, add_op, avgpool_op
-from labquant.quant.pot import FIX_EXPORT, bits_of, combine, per_channel, shift_of, shifts_of
+from labquant.hw.builder import Conv, ProgramBuilder, narrowed
+from labquant.hw.program import Codes, IntegerProgram
+from labquant.quant.pot import FIX_EXPORT, bits_of, shift_of, shifts_of
 from labquant.quant.pt2e.inspect import ADDS, RELUS, Recorder, getattr_path, module_name
 from labquant.quant.pt2e.widths import unclamped
 
@@ -45,11 +46,12 @@ POOLS = (aten.adaptive_avg_pool2d.default, aten.mean.dim)
 FLATTENS = (aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 
 
-class _Builder:
+class _Reader:
+    """Reads the Q/DQ graph op by op into the program builder."""
+
     def __init__(self, gm: GraphModule, clamp: dict[str, Any]) -> None:
-        self.gm, self.clamp = gm, clamp
-        self.ops: list[dict[str, Any]] = []
-        self.arrays: dict[str, np.ndarray] = {}
+        self.gm = gm
+        self.build = ProgramBuilder(clamp)
         self.sources: dict[Node, Codes] = {}  # quantize node -> the op whose codes it holds
         self.op_nodes: dict[str, Node] = {}  # op output name -> its quantize node
 
@@ -62,20 +64,21 @@ class _Builder:
             raise ConfigError(f"{where}: an input that is not a uint8 tensor of the program")
         return self.sources[dq.args[0]]
 
-    def emit(self, quantize: Node, op: dict[str, Any]) -> None:
-        self.ops.append(op)
-        self.sources[quantize] = (op["output"], op["out_shift"], op["out_zero_point"])
-        self.op_nodes[op["output"]] = quantize
+    def emit(self, quantize: Node, codes: Codes) -> None:
+        self.sources[quantize] = codes
+        self.op_nodes[codes[0]] = quantize
 
     def qparams(self, quantize: Node, name: str) -> tuple[int, int]:
         return shift_of(float(quantize.args[1]), name), int(quantize.args[2])
 
+    @staticmethod
+    def out_range(quantize: Node) -> list[int] | None:
+        """The op's code range where the quantize narrows it below 0..255."""
+        return narrowed(quantize.args[3:5])
+
     def quantize_input(self, quantize: Node) -> None:
-        shift, zp = self.qparams(quantize, "quant")
-        op = {"name": "quant", "op": "quantize", "output": "quant", "out_shift": shift,
-              "out_zero_point": zp, "dtype": "uint8"}  # fmt: skip
-        self.narrowed(quantize, op)
-        self.emit(quantize, op)
+        out = self.qparams(quantize, "quant")
+        self.emit(quantize, self.build.quantize("quant", out, self.out_range(quantize)))
 
     def weight(self, dq: Any, name: str) -> tuple[np.ndarray, int | list[int], int]:
         """The int8 codes, the shift (or one per output channel) and the width of a weight."""
@@ -87,70 +90,40 @@ class _Builder:
             raise ConfigError(f"{name} has weight zero points; {FIX_EXPORT}")
         qmin, qmax = (dq.args[4], dq.args[5]) if dq.target is DQ_PER_CHANNEL else dq.args[3:5]
         shift = shifts_of(scale, f"{name}.weight")
-        return codes.detach().cpu().numpy().astype(np.int8), shift, bits_of(qmin, qmax)
+        return codes.detach().cpu().numpy(), shift, bits_of(qmin, qmax)
 
-    def bias(self, node: Any, name: str, grid_shift: np.ndarray) -> np.ndarray:
-        """The int32 bias on each channel's accumulator grid 2**-(in_shift + weight_shift)."""
+    def bias(self, node: Any, name: str) -> tuple[np.ndarray | None, int | None]:
+        """The bias: int32 codes and their shift (a dequantized int32 tensor), or a float bias
+        and None (the builder snaps it onto each channel's accumulator grid), or none."""
         if node is None:
-            return np.zeros(len(grid_shift), dtype=np.int32)
+            return None, None
         if isinstance(node, Node) and node.target is DQ:
-            if len(set(grid_shift.tolist())) != 1:
-                raise ConfigError(f"{name}: a per-tensor int32 bias beside per-channel shifts")
-            if shift_of(float(node.args[1]), f"{name}.bias") != int(grid_shift[0]):
-                raise ConfigError(f"{name}: its int32 bias is not on the accumulator grid")
-            return self.const(node.args[0]).detach().cpu().numpy().astype(np.int32)
-        grid = torch.exp2(torch.from_numpy(grid_shift).double())
-        value = self.const(node).detach().double() * grid  # a float bias: snap it
-        rounded = torch.round(value)
-        if rounded.abs().max() >= 2**31:
-            raise ConfigError(f"{name}: a bias needs more than 32 bits at its accumulator scale")
-        return rounded.numpy().astype(np.int32)
+            shift = shift_of(float(node.args[1]), f"{name}.bias")
+            return self.const(node.args[0]).detach().cpu().numpy(), shift
+        return self.const(node).detach().cpu().numpy(), None
 
     def matmul(self, quantize: Node, node: Node, relu: bool) -> None:
         name = module_name(node) or node.name
-        conv = node.target is CONV
-        in_name, in_shift, in_zp = self.source(node.args[0], name)
+        source = self.source(node.args[0], name)
         weight, w_shift, w_bits = self.weight(node.args[1], name)
-        out_shift, out_zp = self.qparams(quantize, name)
-        channels = weight.shape[0]
-        grid = per_channel(w_shift, channels) + in_shift
-        bias = self.bias(node.args[2] if len(node.args) > 2 else None, name, grid)
-        self.arrays[f"{name}.weight"] = weight
-        self.arrays[f"{name}.bias"] = bias
-        shift = combine(w_shift, in_shift - out_shift)
-        op: dict[str, Any] = {
-            "name": name, "op": "conv" if conv else "linear", "input": in_name, "output": name,
-            "weight": f"{name}.weight", "bias": f"{name}.bias",
-            "in_shift": in_shift, "in_zero_point": in_zp, "weight_shift": w_shift,
-            "weight_zero_point": 0, "weight_bits": w_bits, "out_shift": out_shift,
-            "out_zero_point": out_zp, "shift": shift,
-            "left_shift": bool((per_channel(shift, channels) < 0).any()), "relu": relu,
-            "clamp": self.clamp.get(name),
-        }  # fmt: skip
-        self.narrowed(quantize, op)
-        if conv:
+        out = self.qparams(quantize, name)
+        bias, bias_shift = self.bias(node.args[2] if len(node.args) > 2 else None, name)
+        conv = None
+        if node.target is CONV:
             stride, padding, dilation, groups = (list(node.args[3:7]) + [None] * 4)[:4]
-            if (groups or 1) != 1 or list(dilation or [1, 1]) != [1, 1]:
-                raise ConfigError(f"{name}: grouped or dilated convolutions are not supported")
-            op["stride"] = [int(s) for s in (stride or [1, 1])]
-            op["padding"] = [int(p) for p in (padding or [0, 0])]
-        self.emit(quantize, op)
-
-    @staticmethod
-    def narrowed(quantize: Node, op: dict[str, Any]) -> None:
-        """The op's code range where the quantize narrows it below 0..255."""
-        qmin, qmax = int(quantize.args[3]), int(quantize.args[4])
-        if (qmin, qmax) != (0, 255):
-            op["out_range"] = [qmin, qmax]
+            conv = Conv(stride or [1, 1], padding or [0, 0], groups or 1, dilation or [1, 1])
+        codes = self.build.matmul(
+            name, source, weight, w_shift, w_bits, out, relu=relu, bias=bias,
+            bias_shift=bias_shift, conv=conv, out_range=self.out_range(quantize),
+        )  # fmt: skip
+        self.emit(quantize, codes)
 
     def add(self, quantize: Node, node: Node, relu: bool) -> None:
         block = module_name(node)
         name = f"{block}.skip_add" if block else node.name
         a, b = (self.source(arg, name) for arg in node.args[:2])
         out = self.qparams(quantize, name)
-        op = add_op(name, a, b, out, relu, self.clamp.get(name))
-        self.narrowed(quantize, op)
-        self.emit(quantize, op)
+        self.emit(quantize, self.build.add(name, a, b, out, relu, self.out_range(quantize)))
 
     def avgpool(self, quantize: Node, node: Node) -> None:
         name = module_name(node) or "avgpool"
@@ -161,9 +134,7 @@ class _Builder:
         if value is None:
             raise ConfigError(f"{name}: the program does not record its input shape")
         window = int(value.shape[-1]) * int(value.shape[-2])
-        op = avgpool_op(name, source, window)
-        self.narrowed(quantize, op)
-        self.emit(quantize, op)
+        self.emit(quantize, self.build.avgpool(name, source, window, self.out_range(quantize)))
 
     def visit(self, quantize: Node) -> None:
         node = unclamped(quantize.args[0])
@@ -190,13 +161,14 @@ def integer_program(
     gm: GraphModule, clamp: dict[str, Any] | None = None
 ) -> tuple[IntegerProgram, dict[str, Node]]:
     """The integer program of a converted (unlifted) PT2E graph, and each op's quantize node."""
-    build = _Builder(gm, clamp or {})
+    read = _Reader(gm, clamp or {})
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is Q:
-            build.visit(node)
-    if not build.ops or build.ops[-1]["op"] != "linear":
+            read.visit(node)
+    program = read.build.program()
+    if not program.ops or program.ops[-1]["op"] != "linear":
         raise ConfigError(f"the program does not end in a quantized linear layer; {FIX_EXPORT}")
-    return IntegerProgram(build.ops, build.arrays), build.op_nodes
+    return program, read.op_nodes
 
 
 class PT2EIntegerExport:
