@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from labquant.config.paths import CONF_DIR
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "src" / "labquant"
 
 # Rank of each top-level part of labquant: an import must go to the same rank or below.
@@ -169,7 +171,13 @@ def test_a_cycle_is_found() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
-BACKEND_NAMES = ("eager", "pt2e")  # conf/backend/: what the code outside quant/ must not test
+# What the code outside quant/ must not test: every backend option's name (conf/backend/<name>.yaml,
+# whose `name:` is its file name: eager, pt2e, pt2e_fused, and any backend added later).
+BACKEND_NAMES = tuple(sorted(path.stem for path in (CONF_DIR / "backend").glob("*.yaml")))
+
+
+def test_the_backend_names_are_the_backend_options() -> None:
+    assert {"eager", "pt2e", "pt2e_fused"} <= set(BACKEND_NAMES)
 
 
 def backend_name_checks(root: Path = PACKAGE_ROOT) -> list[str]:

@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from labquant.config.groups import load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.errors import ConfigError
+from labquant.quant.plan import build_plan
 from labquant.tasks.sensitivity import sensitivity
 from labquant.tasks.train import fit_fp32
 from tests.conftest import TINY, compose_config
@@ -73,8 +74,9 @@ def test_a_fragile_layer_is_ranked_first_and_kept_at_8_bits(fragile_checkpoint, 
     qconfig_file = out / "qconfig" / f"{proposal['name']}.yaml"
     spec = instantiate(load_group_option("qconfig", str(qconfig_file)), "qconfig")
     assert spec.name == "pot_w4a8_mixed" and spec.range_method == "minmax"
-    assert spec.for_layer(FRAGILE).weight_bits == 8
-    assert {spec.for_layer(name).weight_bits for name in proposal["low"]} == {4}
+    plan = build_plan(spec)
+    assert plan.layer(FRAGILE).weight.bits == 8
+    assert {plan.layer(name).weight.bits for name in proposal["low"]} == {4}
 
 
 @pytest.mark.parametrize(

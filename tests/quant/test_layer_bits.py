@@ -10,8 +10,10 @@ from torch import nn
 from labquant.errors import ConfigError
 from labquant.hw.program import check_program
 from labquant.quant.layers import packed_bytes, quantizable_layers, total_bitops
+from labquant.quant.plan import build_plan
 from labquant.quant.pot import code_range
 from labquant.quant.qconfigs import power_of_two
+from labquant.quant.scheme import PowerOfTwo
 from tests.hw.test_integer_reference import small_weight_net
 from tests.quant.test_pot_design import calibrated
 
@@ -22,9 +24,9 @@ NARROWED = {"layer1.0.conv1": (4, 8), "layer1.0.conv2": (4, 8), "layer2.0.conv1"
 def test_layer_bits_applies_its_entries_in_order_over_the_defaults():
     spec = power_of_two(weight_bits=6, layer_bits={"layer1.*": {"weight": 4}, "*.conv2": {
         "activation": 5}})  # fmt: skip
-    assert (spec.for_layer("conv1").weight_bits, spec.for_layer("conv1").activation_bits) == (6, 8)
-    layer = spec.for_layer("layer1.0.conv2")
-    assert (layer.weight_bits, layer.activation_bits) == (4, 5)
+    plan = build_plan(spec)
+    assert plan.layer("conv1").widths == (6, 8)
+    assert plan.layer("layer1.0.conv2").widths == (4, 5)
     assert spec.describe()["layer_bits"] == {"layer1.*": {"weight": 4}, "*.conv2": {
         "activation": 5}}  # fmt: skip
 
@@ -107,4 +109,4 @@ def test_bitops_and_packed_size_equal_hand_computed_values():
         channels = module.weight.shape[0]
         expected_bytes += -(-module.weight.numel() * weight_bits // 8) + 4 * channels + 1 + 2
     assert total_bitops(layers) == expected_bitops
-    assert sum(packed_bytes(row, True, False) for row in layers) == expected_bytes
+    assert sum(packed_bytes(row, PowerOfTwo(), False) for row in layers) == expected_bytes

@@ -15,9 +15,11 @@ from torch import nn
 from labquant.hw import reference
 from labquant.hw.program import check_program
 from labquant.lit.module import ClassifierModule
+from labquant.quant.backend import start_learned_scales
 from labquant.quant.eager.backend import EagerBackend
 from labquant.quant.eager.qconfigs import eager_qconfig
 from labquant.quant.learned import LearnedThresholdCore
+from labquant.quant.plan import build_plan
 from labquant.quant.pt2e.backend import PT2EBackend
 from labquant.quant.pt2e.quantizer import _spec as pt2e_spec
 from labquant.quant.qconfigs import power_of_two
@@ -35,7 +37,7 @@ def weight_fake_quant(backend: str, **settings) -> LearnedThresholdCore:
     if backend == "eager":
         module = eager_qconfig(spec, qat=True).weight()
     else:
-        module = pt2e_spec(True, spec, signed=True).observer_or_fake_quant_ctr()
+        module = pt2e_spec(True, build_plan(spec).default.weight).observer_or_fake_quant_ctr()
     assert isinstance(module, LearnedThresholdCore)
     return module
 
@@ -124,7 +126,7 @@ def learned_net(backend_name: str, spec, seed: int = 3):
     backend = BACKENDS[backend_name]()
     data = batches(seed)
     prepared = backend.prepare_qat(small_weight_net("basic", seed=seed).train(), spec, data[0][0])
-    assert backend.start_learned_scales(prepared, (x for x, _ in data[:4])) > 0
+    assert start_learned_scales(prepared, (x for x, _ in data[:4])) > 0
     return backend, prepared, data
 
 

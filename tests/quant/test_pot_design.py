@@ -294,7 +294,7 @@ def test_packed_size_is_the_hand_computed_bytes(granularity):
             channels = module.weight.shape[0]
             shifts = channels if granularity == "per_channel" else 1
             expected += math.ceil(module.weight.numel() / 2) + 4 * channels + shifts + 2
-    assert sum(packed_bytes(row, True, spec.per_channel) for row in layers) == expected
+    assert sum(packed_bytes(row, spec.scheme, spec.per_channel) for row in layers) == expected
 
 
 @pytest.mark.parametrize("backend_name", ["eager", "pt2e"])

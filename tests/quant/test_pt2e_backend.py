@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from labquant import onnx_runtime
+from labquant.config.groups import load_group_option
+from labquant.config.instantiate import instantiate
 from labquant.errors import ConfigError
 from labquant.models.resnet import small_resnet
 from labquant.quant.eager import EagerBackend
@@ -153,8 +155,18 @@ def test_fuse_residual_add_refuses_qconfigs_inductor_cannot_fuse(qconfig) -> Non
     PT2EBackend().check(spec)  # plain pt2e takes it
 
 
+def packaged_backend(option: str, **overrides) -> PT2EBackend:
+    """conf/backend/<option>.yaml built as `backend=<option>` builds it."""
+    cfg = load_group_option("backend", option)
+    cfg.merge_with(overrides)
+    return instantiate(cfg, f"backend={option}")
+
+
 def test_fused_backend_names_its_stages_and_ships_no_onnx_or_integer_export() -> None:
-    fused, plain = PT2EBackend(onnx=True, fuse_residual_add=True), PT2EBackend(onnx=True)
+    """pt2e and pt2e_fused share a class: each is named (results' `backend`, its stage folders)
+    by its YAML's name and stage_suffix, not by its fuse_residual_add flag."""
+    fused, plain = packaged_backend("pt2e_fused", onnx=True), packaged_backend("pt2e", onnx=True)
+    assert fused.fuse_residual_add and not plain.fuse_residual_add
     for spec in (qconfig_spec("x86"), qconfig_spec("pot_unsigned")):
         fused.check(spec)
     assert (fused.name, fused.stage_suffix) == ("pt2e_fused", "_pt2e_fused")

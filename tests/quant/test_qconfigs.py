@@ -14,6 +14,7 @@ from labquant.errors import ConfigError
 from labquant.quant.eager import qconfigs as eager_qconfigs
 from labquant.quant.eager.observers import EagerPotObserver
 from labquant.quant.qconfigs import QConfigSpec, engine_default, power_of_two
+from labquant.quant.scheme import FloatScale
 from tests.conftest import backend_for, get_qconfig, qconfig_spec
 
 # Instantiating torch's x86/fbgemm default observers outside workflow.py: torch's own notice.
@@ -89,7 +90,7 @@ def test_max_shift_amount_is_checked_for_pot(shift):
 
 
 def test_max_shift_amount_is_refused_where_it_has_no_meaning():
-    assert engine_default("x86", "x86").max_shift_amount is None  # conf/qconfig/x86.yaml: null
+    assert engine_default("x86", "x86").scheme == FloatScale()  # conf/qconfig/x86.yaml: null
     with pytest.raises(ConfigError, match=r"qconfig\.max_shift_amount=6 applies to power-of-two"):
         engine_default("x86", "x86", max_shift_amount=6)
 

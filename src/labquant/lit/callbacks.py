@@ -17,7 +17,12 @@ import torch
 from torch import Tensor
 
 from labquant.errors import TrainingDiverged
-from labquant.quant.backend import QATQuantizer, Quantizer
+from labquant.quant.backend import (
+    QATQuantizer,
+    Quantizer,
+    learned_thresholds,
+    start_learned_scales,
+)
 from labquant.quant.qconfigs import QConfigSpec
 
 
@@ -135,7 +140,7 @@ class PrepareQuantization(pl.Callback):
             if self.qconfig.learn_scales:  # thresholds that never start would not learn
                 if self.calibration is None:
                     raise ValueError("qconfig.learn_scales needs the calibration batches")
-                self.backend.start_learned_scales(pl_module.net, self.calibration())
+                start_learned_scales(pl_module.net, self.calibration())
         else:
             pl_module.net = self.backend.prepare_ptq(net, self.qconfig, example)
 
@@ -170,7 +175,7 @@ class QATSchedule(pl.Callback):
         pl_module.log_dict(
             {f"qat_scale/{name}": value for name, value in scales.items()}, sync_dist=True
         )
-        thresholds = self.backend.learned_thresholds(pl_module.net)
+        thresholds = learned_thresholds(self.backend, pl_module.net)
         if thresholds:  # qconfig.learn_scales: DDP averages their gradients, equal on all ranks
             pl_module.log_dict(
                 {f"qat_log2_threshold/{name}": value for name, value in thresholds.items()},

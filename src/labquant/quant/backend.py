@@ -9,8 +9,10 @@ they passed in was changed.
 
 Every backend is a `Quantizer` (PTQ: check, prepare, convert, inspect) with `Artifacts` (save,
 load, other runtimes, sizes). One whose `modes` include "qat" is also a `QATQuantizer` (prepare
-for fine-tuning, the observer / BatchNorm schedule); one that can write the integer-only program
-of a power-of-two stage is also an `IntegerExporter`. The lab runs each backend's own modes.
+for fine-tuning, the observer / BatchNorm schedule; learned exponents start and are read by
+the shared `start_learned_scales` / `learned_thresholds` below); one that can write the
+integer-only program of a power-of-two stage is also an `IntegerExporter`. The lab runs each
+backend's own modes.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from typing import Any, Protocol, TypeGuard, runtime_checkable
 from torch import Tensor, nn
 
 from labquant.errors import ConfigError
+from labquant.quant.names import LEARNED_THRESHOLD  # noqa: F401 (lit's optimizer groups)
 from labquant.quant.qconfigs import QConfigSpec
 
 MODES = ("ptq", "qat")
-# The name of every learned-exponent parameter (qconfig.learn_scales, quant/learned.py): lit/
-# gives the parameters of this name their own optimizer group.
-LEARNED_THRESHOLD = "log2_threshold"
 
 
 @runtime_checkable
@@ -78,11 +78,6 @@ class QATQuantizer(Protocol):
         """Fuse (BN trainable) and insert fake quantization; the result is fine-tuned."""
         ...
 
-    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
-        """qconfig.learn_scales: the observers see `batches`, then every learnable threshold
-        starts at their choice (quant/learned.py); returns how many (0: nothing learns)."""
-        ...
-
     def set_observers(self, net: nn.Module, enabled: bool) -> None:
         """Let the QAT ranges (or learned exponents) move (True) or freeze them (False)."""
         ...
@@ -95,9 +90,9 @@ class QATQuantizer(Protocol):
         """Every fake-quant scale by layer name (per-channel ones as their maximum), for logs."""
         ...
 
-    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
-        """Every learned log2 threshold by the names fake_quant_scales uses (per channel:
-        their mean); empty without qconfig.learn_scales."""
+    def named_fake_quants(self, net: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+        """Every fake-quant module of a prepared model by the name fake_quant_scales uses
+        (what the shared `learned_thresholds` reads)."""
         ...
 
 
@@ -153,6 +148,23 @@ def exports_integers(backend: object) -> TypeGuard[IntegerExporter]:
 @runtime_checkable
 class QuantBackend(Quantizer, Artifacts, Protocol):
     """What `backend=<name>` instantiates: a Quantizer with Artifacts."""
+
+
+def start_learned_scales(prepared: nn.Module, batches: Iterable[Tensor]) -> int:
+    """qconfig.learn_scales: the observers see `batches`, then every learnable threshold starts
+    at their choice (quant/learned.py); returns how many (0: nothing learns). The same for every
+    backend: the thresholds are modules of the prepared model, whatever its form."""
+    from labquant.quant.learned import start_learning
+
+    return start_learning(prepared, batches)
+
+
+def learned_thresholds(backend: QATQuantizer, net: nn.Module) -> dict[str, float]:
+    """Every learned log2 threshold by the names the backend's fake_quant_scales uses (per
+    channel: their mean); empty without qconfig.learn_scales."""
+    from labquant.quant.learned import learned_thresholds as thresholds
+
+    return thresholds(backend.named_fake_quants(net))
 
 
 def check_mode(backend: Quantizer, mode: str) -> None:

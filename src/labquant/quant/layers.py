@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from labquant.errors import ConfigError
 from labquant.quant.pot import bits_of, shifts_of
+from labquant.quant.scheme import Scheme
 
 SQNR_CAP_DB = 200.0  # identical outputs: a finite number keeps results.json valid JSON
 
@@ -191,23 +192,18 @@ def measure(
     return [row.as_dict() for row in rows]
 
 
-FLOAT_SCALE_BYTES = 4  # an engine qconfig's float32 multiplier (and int32 zero point)
-
-
-def packed_bytes(row: dict[str, Any], power_of_two: bool, per_channel: bool) -> int:
+def packed_bytes(row: dict[str, Any], scheme: Scheme, per_channel: bool) -> int:
     """What a hardware memory holds for one layer: its weights at their declared width (packed,
-    rounded up to a byte), an int32 bias per output channel, and its scales. Power of two: a
-    one-byte shift per weight tensor (or per output channel) plus the output's one-byte shift
-    and one-byte zero point. Engine qconfigs: a float32 scale and an int32 zero point each."""
+    rounded up to a byte), an int32 bias per output channel, and its scales as the scheme
+    stores them (power of two: a one-byte shift per weight tensor or output channel, plus the
+    output's shift and zero point; float scales: a float32 scale and an int32 zero point)."""
     weights, channels = row.get("weights"), row.get("out_channels")
     bits = (row.get("bits") or {}).get("weight") or 8
     if not weights or not channels:
         return 0
     scales = row.get("weight_scale")
     weight_scales = channels if per_channel or isinstance(scales, list) else 1
-    per_scale = 1 if power_of_two else 2 * FLOAT_SCALE_BYTES
-    output = 2 if power_of_two else 2 * FLOAT_SCALE_BYTES
-    return math.ceil(weights * bits / 8) + 4 * channels + weight_scales * per_scale + output
+    return scheme.packed_bytes(weights, bits, channels, weight_scales)
 
 
 def total_bitops(layers: list[dict[str, Any]]) -> int | None:
@@ -216,7 +212,7 @@ def total_bitops(layers: list[dict[str, Any]]) -> int | None:
     return None if not values or None in values else int(sum(values))
 
 
-def packed_size_mib(layers: list[dict[str, Any]], power_of_two: bool, per_channel: bool) -> float:
+def packed_size_mib(layers: list[dict[str, Any]], scheme: Scheme, per_channel: bool) -> float:
     """`packed_bytes` over every quantized layer, in MiB."""
-    total = sum(packed_bytes(row, power_of_two, per_channel) for row in layers)
+    total = sum(packed_bytes(row, scheme, per_channel) for row in layers)
     return round(total / 2**20, 6)

@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.quant.backend import LEARNED_THRESHOLD
+from labquant.quant.names import LEARNED_THRESHOLD
 from labquant.quant.pot import threshold_divisor, zero_point_of
+from labquant.quant.scheme.power_of_two import EXPONENT_ROUNDING
 
-_RULES = {"round": torch.round, "ceil": torch.floor, "floor": torch.ceil}
 # Where a threshold starts inside its exponent's bucket: the middle, for each rule.
 _CENTRE = {"round": 0.0, "ceil": 0.5, "floor": -0.5}
 
@@ -58,7 +58,7 @@ def learned_shift(
 ) -> Tensor:
     """The integer shift n (a float tensor) the exponent rule picks for a threshold."""
     raw = (log2_divisor - log2_threshold.detach()).clamp(0, max_shift_amount)
-    return _RULES[exponent](raw)
+    return EXPONENT_ROUNDING[exponent](raw)
 
 
 def learned_scale(

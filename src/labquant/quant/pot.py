@@ -31,12 +31,19 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import Tensor
 
 from labquant.errors import ConfigError
+from labquant.quant.scheme.base import (  # noqa: F401 (the code widths, re-exported)
+    FIX_EXPORT,
+    MAX_BITS,
+    MIN_BITS,
+    check_bits,
+    code_range,
+)
+from labquant.quant.scheme.power_of_two import EXPONENT_ROUNDING, PowerOfTwo
 
 UNSIGNED_DTYPES = (torch.quint8, torch.uint8)
 MAX_SHIFT_LIMIT = 31  # a 32-bit accumulator cannot be shifted further
 SHIFT_RULE = f"must be an integer in 0..{MAX_SHIFT_LIMIT} (the shift of a power-of-two scale 2**-n)"
-MIN_BITS, MAX_BITS = 2, 8
-EXPONENT_RULES = ("round", "floor", "ceil")
+EXPONENT_RULES = tuple(EXPONENT_ROUNDING)  # round, floor, ceil
 RANGE_METHODS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
 MSE_NEIGHBOURS = 4  # the mse search tries n0 - 4 .. n0 + 4 around the min/max exponent n0
@@ -93,22 +100,6 @@ def check_percentile(percentile: Any) -> float:
     return float(percentile)
 
 
-def check_bits(setting: str, bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ConfigError(
-            f"qconfig.{setting}={bits} must be an integer in {MIN_BITS}..{MAX_BITS}; "
-            f"e.g. qconfig.{setting}=8"
-        )
-    return bits
-
-
-def code_range(bits: int, signed: bool) -> tuple[int, int]:
-    """The codes of a `bits`-wide tensor in torch's containers: int8 -2**(b-1)..2**(b-1)-1
-    (weights), uint8 0..2**b-1 (activations)."""
-    bits = check_bits("weight_bits" if signed else "activation_bits", bits)
-    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-
-
 def bits_of(quant_min: int, quant_max: int) -> int:
     """The width of a code range (its inverse of `code_range`)."""
     return int(math.log2(quant_max - quant_min + 1))
@@ -125,8 +116,7 @@ def integer_shift(raw_scale: Tensor, max_shift_amount: int, exponent: str = "rou
     to 0..max_shift_amount (a float tensor of integers). `ceil`/`floor` name what happens to
     the SCALE: ceil rounds it up (n = floor(-log2 s)), floor rounds it down (n = ceil(...))."""
     shift = _shift_amount(raw_scale)
-    rule = {"round": torch.round, "ceil": torch.floor, "floor": torch.ceil}[exponent]
-    return rule(torch.clamp(shift, 0, max_shift_amount))
+    return EXPONENT_ROUNDING[exponent](torch.clamp(shift, 0, max_shift_amount))
 
 
 def scale_approximate(scale: Tensor, max_shift_amount: int = 8, exponent: str = "round") -> Tensor:
@@ -358,11 +348,15 @@ class PotObserverCore:
         percentile: float,
         weights: bool,
         one_scale: bool,
+        scheme: Any = None,
     ) -> None:
         """Called by each subclass's __init__ after its base observer's. `one_scale`: one
         shift for the whole tensor even where the base observer keeps per-channel statistics
-        (PT2E writes per-tensor weight scales per channel, see quant/pt2e/observers.py)."""
+        (PT2E writes per-tensor weight scales per channel, see quant/pt2e/observers.py).
+        `scheme`: the plan's power-of-two scheme, whose `integer_shift` picks every exponent
+        (a scheme with a narrower exponent set needs no observer of its own)."""
         self.max_shift_amount = check_max_shift_amount(max_shift_amount)
+        self.scheme = scheme if scheme is not None else PowerOfTwo(self.max_shift_amount)
         self.unsigned = bool(unsigned)
         self.exponent = check_choice("exponent", exponent, EXPONENT_RULES)
         self.range_method = check_choice("range", range_method, RANGE_METHODS)
@@ -426,13 +420,17 @@ class PotObserverCore:
         divisor = _divisor(self, zero_point_of(self))
         return torch.max(threshold / divisor, self.eps.reshape(()))  # type: ignore[attr-defined]
 
+    def _integer_shift(self, raw_scale: Tensor) -> Tensor:
+        """The scheme's exponent for a raw scale (the qconfig's exponent rule)."""
+        return self.scheme.integer_shift(_shift_amount(raw_scale), self.exponent)
+
     def _search_weight(self, rows: Tensor) -> None:
         """The shift the range method picks from the weight itself, one per row."""
         if self.range_method == "percentile":
             threshold = weight_percentile(rows, self.percentile, self.unsigned)
         else:
             threshold = min_max_threshold(self, *torch.aminmax(rows, dim=1))
-        shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
+        shift = self._integer_shift(self._raw_scale(threshold))
         if self.range_method == "mse":  # the min/max shift is where the search starts
             shift = mse_shift(rows, None, shift, self, zero_point_of(self))
         searched = self.searched_shift  # type: ignore[attr-defined]
@@ -446,7 +444,7 @@ class PotObserverCore:
         counts = self.histogram  # type: ignore[attr-defined]
         if self.range_method == "percentile":
             threshold = LogHistogram.percentile(counts, self.percentile, self.unsigned)
-            shift = integer_shift(self._raw_scale(threshold), self.max_shift_amount, self.exponent)
+            shift = self._integer_shift(self._raw_scale(threshold))
             return torch.max(shift, start)  # never a coarser scale than min/max needs
         values = LogHistogram.values(counts.device).reshape(1, -1)
         best = mse_shift(values, counts.reshape(1, -1), start.reshape(1), self, zero_point_of(self))
@@ -467,7 +465,7 @@ class PotObserverCore:
         counts = observed & (threshold > 0)  # an all-zero tensor loses no precision
         self.clamp_overflow |= (counts & ((shift < 0) | torch.isnan(raw_scale))).any()
         self.clamp_underflow |= (counts & (shift > self.max_shift_amount)).any()
-        chosen = integer_shift(raw_scale, self.max_shift_amount, self.exponent)
+        chosen = self._integer_shift(raw_scale)
         if self.range_method != "minmax":
             chosen = self._refined_shift(chosen)
         scale = torch.where(observed, torch.exp2(-chosen), 1.0).to(torch.float32)
@@ -516,12 +514,6 @@ def snap_correction(bias: Tensor, grid: Tensor) -> Tensor:
     return (torch.round(bias / grid) * grid - bias).detach()
 
 
-FIX_EXPORT = (
-    "export a stage quantized with a power-of-two qconfig (qconfig=pot, pot_unsigned, pot_mse, "
-    "pot_w4a8, ...)"
-)
-
-
 def shift_of(scale: float, where: str) -> int:
     """n for a scale 2**-n (the integer export's shifts); anything else is refused: its
     requantization would need a multiplier."""
@@ -547,12 +539,3 @@ def per_channel(shift: int | list[int], channels: int) -> Any:
 def combine(shift: int | list[int], offset: int) -> int | list[int]:
     """A per-tensor or per-channel shift plus a common offset, in the same form."""
     return [s + offset for s in shift] if isinstance(shift, list) else shift + offset
-
-
-def require_power_of_two(qconfig: Any) -> None:
-    """The integer export is of power-of-two stages only (both backends)."""
-    if not qconfig.power_of_two:
-        raise ConfigError(
-            f"qconfig={qconfig.name} is not a power-of-two qconfig: its requantization needs "
-            f"a multiplier, not a shift; {FIX_EXPORT}"
-        )

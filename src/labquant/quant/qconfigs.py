@@ -10,7 +10,7 @@ file; a new kind of observer also needs its translation in each backend that sup
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from labquant.errors import ConfigError
@@ -30,8 +30,10 @@ from labquant.quant.pot import (
     check_percentile,
     code_range,
 )
+from labquant.quant.scheme import FloatScale, PowerOfTwo, Scheme
 
 ACTIVATIONS = ("symmetric", "unsigned")
+FLOAT_SCALE = FloatScale()  # the engines' own grid: every engine qconfig's scheme
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,10 @@ class QConfigSpec:
     """A qconfig as the user chose it.
 
     `engine` is the int8 kernel family the scales are made for (x86, fbgemm, qnnpack);
-    `power_of_two` asks for scales 2**-n with 0 <= n <= `max_shift_amount`, symmetric (the
-    shift-only hardware target), composed of the parts quant/pot.py describes: `weight_bits` /
+    `scheme` is the grid family (quant/scheme/): `FloatScale()` for the engines' own
+    observers, `PowerOfTwo(max_shift_amount)` for scales 2**-n with 0 <= n <= max_shift_amount,
+    symmetric (the shift-only hardware target), composed of the parts quant/pot.py describes:
+    `weight_bits` /
     `activation_bits` (codes in torch's int8 / uint8 containers, range narrowed), weight
     `granularity`, the `exponent` rule and the `range_method` (`percentile` for its
     percentile). Power-of-two only: `activations="unsigned"` quantizes every post-ReLU
@@ -53,8 +57,7 @@ class QConfigSpec:
 
     name: str
     engine: str
-    power_of_two: bool = False
-    max_shift_amount: int | None = None
+    scheme: Scheme = FLOAT_SCALE
     activations: str = "symmetric"
     snap_bias: bool = False
     weight_bits: int = 8
@@ -66,16 +69,6 @@ class QConfigSpec:
     learn_scales: bool = False
     # (name or glob, weight bits or None, activation bits or None), applied in order
     layer_bits: tuple[tuple[str, int | None, int | None], ...] = ()
-
-    def for_layer(self, name: str) -> QConfigSpec:
-        """The spec of one conv / linear: the qconfig's widths with every `layer_bits` entry
-        that matches `name` applied over them, in the order given (a later one wins)."""
-        weight, activation = self.weight_bits, self.activation_bits
-        for pattern, weight_bits, activation_bits in self.layer_bits:
-            if fnmatch.fnmatchcase(name, pattern):
-                weight = weight_bits or weight
-                activation = activation_bits or activation
-        return replace(self, weight_bits=weight, activation_bits=activation, layer_bits=())
 
     def check_layers(self, names: list[str]) -> None:
         """Every `layer_bits` entry must match a layer of the network (`names`, its conv /
@@ -115,10 +108,11 @@ class QConfigSpec:
     def describe(self) -> dict[str, object]:
         """What results.json records of the qconfig (besides its name)."""
         described: dict[str, object] = {
+            **self.scheme.describe(),
             "weight_bits": self.weight_bits,
             "activation_bits": self.activation_bits,
         }
-        if self.power_of_two:
+        if self.scheme.widths:
             described |= {
                 "granularity": self.granularity,
                 "exponent": self.exponent,
@@ -199,8 +193,7 @@ def power_of_two(
     return QConfigSpec(
         name=name,
         engine=engine,
-        power_of_two=True,
-        max_shift_amount=check_max_shift_amount(max_shift_amount),
+        scheme=PowerOfTwo(check_max_shift_amount(max_shift_amount)),
         activations=activations,
         snap_bias=bool(snap_bias),
         weight_bits=check_bits("weight_bits", weight_bits),

@@ -60,38 +60,12 @@ def compare(
     program = exported.program
     ref = reference.run_batched(program, images, rounding, count_saturation=True, batch=BATCH)
     names = [op["output"] for op in program.ops]
-    max_diff = dict.fromkeys(names, 0)
-    differing = dict.fromkeys(names, 0)
-    torch_logits: list[np.ndarray] = []
-    runtime_logits: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(images), BATCH):
-        batch = torch.from_numpy(images[start : start + BATCH])
-        codes = exported.layer_codes(batch)
-        for name in names:
-            ours = ref.codes[name][start : start + BATCH].astype(np.int64)
-            diff = np.abs(ours - codes[name].astype(np.int64))
-            max_diff[name] = max(max_diff[name], int(diff.max(initial=0)))
-            differing[name] += int((diff > 0).sum())
-        torch_logits.append(codes[program.output])
-        for runtime, logits in exported.runtime_codes(batch).items():
-            runtime_logits.setdefault(runtime, []).append(logits)
-    theirs = np.concatenate(torch_logits).astype(np.int64)
+    max_diff, differing, theirs, runtime_logits = torch_vs_reference(exported, images, ref, names)
     ours = ref.logits.astype(np.int64)
     identical = (theirs == ours).all(axis=1)
     saturated = sum(ref.saturated.values())  # per image: outputs hit by a saturating pair
     clean = saturated == 0
-    runtimes = {}  # the same program in its deployed runtimes (pt2e: Inductor, ONNX Runtime)
-    for runtime, parts in runtime_logits.items():
-        deployed = np.concatenate(parts).astype(np.int64)
-        same = (deployed == ours).all(axis=1)
-        runtimes[runtime] = {
-            "identical_images": int(same.sum()),
-            "identical_images_without_saturation": int(same[clean].sum()),
-            "top1_agreement": round(
-                100.0 * float((deployed.argmax(1) == ours.argmax(1)).mean()), 3
-            ),
-            "test_acc": round(100.0 * float((deployed.argmax(1) == labels).mean()), 2),
-        }
+    runtimes = runtime_figures(runtime_logits, ours, clean, labels)
     n = len(images)
     figures = {
         "images": n,
@@ -116,6 +90,53 @@ def compare(
         },
     }
     return figures, ref
+
+
+def torch_vs_reference(
+    exported: Any, images: np.ndarray, ref: reference.RunResult, names: list[str]
+) -> tuple[dict[str, int], dict[str, int], np.ndarray, dict[str, list[np.ndarray]]]:
+    """torch's int8 model batch by batch against the reference's codes: per op the largest code
+    difference and how many codes differ, torch's logits (int64), and each deployed runtime's
+    logits batch by batch. One pass, so every batch runs through torch once."""
+    max_diff = dict.fromkeys(names, 0)
+    differing = dict.fromkeys(names, 0)
+    torch_logits: list[np.ndarray] = []
+    runtime_logits: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), BATCH):
+        batch = torch.from_numpy(images[start : start + BATCH])
+        codes = exported.layer_codes(batch)
+        for name in names:
+            ours = ref.codes[name][start : start + BATCH].astype(np.int64)
+            diff = np.abs(ours - codes[name].astype(np.int64))
+            max_diff[name] = max(max_diff[name], int(diff.max(initial=0)))
+            differing[name] += int((diff > 0).sum())
+        torch_logits.append(codes[exported.program.output])
+        for runtime, logits in exported.runtime_codes(batch).items():
+            runtime_logits.setdefault(runtime, []).append(logits)
+    return max_diff, differing, np.concatenate(torch_logits).astype(np.int64), runtime_logits
+
+
+def runtime_figures(
+    runtime_logits: dict[str, list[np.ndarray]],
+    ours: np.ndarray,
+    clean: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """The same program in its deployed runtimes (pt2e: Inductor, ONNX Runtime) against the
+    reference's logits `ours`; `clean` marks the images no saturating pair touched."""
+    runtimes = {}
+    for runtime, parts in runtime_logits.items():
+        deployed = np.concatenate(parts).astype(np.int64)
+        same = (deployed == ours).all(axis=1)
+        runtimes[runtime] = {
+            "identical_images": int(same.sum()),
+            "identical_images_without_saturation": int(same[clean].sum()),
+            "top1_agreement": round(
+                100.0 * float((deployed.argmax(1) == ours.argmax(1)).mean()), 3
+            ),
+            "test_acc": round(100.0 * float((deployed.argmax(1) == labels).mean()), 2),
+        }
+    return runtimes
 
 
 def avx2_emulation(
@@ -156,34 +177,19 @@ def shifts_summary(program: Any) -> dict[str, Any]:
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
+    """Refuse a stage that cannot be exported, then write the integer program, its bit-exact
+    comparison on the test set, golden vectors and results.json; return results.json's dict."""
     started = time.perf_counter()
     validate_settings(cfg)
     stage_dir, saved, stage_cfg = load_stage(cfg)
     qconfig: QConfigSpec = instantiate(stage_cfg.qconfig, "qconfig")
-    if not qconfig.power_of_two:
+    if not qconfig.scheme.integer_program:
         raise ConfigError(
             f"stage_dir={cfg.stage_dir} was quantized with qconfig={qconfig.name}, not a "
             f"power-of-two qconfig (its requantization needs a multiplier); {FIX_STAGE}"
         )
-    backend = instantiate(stage_cfg.backend, "backend")
-    if not exports_integers(backend):
-        raise ConfigError(
-            f"stage_dir={cfg.stage_dir}: backend={backend.name} has no integer export; "
-            "quantize with backend=eager or backend=pt2e"
-        )
-    if not stage_files(stage_dir, saved):
-        raise ConfigError(
-            f"stage_dir={cfg.stage_dir}: its results.json names no int8 file; {FIX_STAGE}"
-        )
-    what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
-    check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
-    dm = instantiate(stage_cfg.data, "data")
-    dm.prepare_data()
-    dm.setup("fit")
-    x_test, y_test = dm.arrays("test")
-    if cfg.images is not None:
-        x_test, y_test = x_test[: cfg.images], y_test[: cfg.images]
-    images = normalize(x_test.cpu()).numpy()
+    backend = exporting_backend(cfg, stage_dir, saved, stage_cfg)
+    images, labels = load_test_images(cfg, stage_cfg)
     net = instantiate(stage_cfg.model, "model")
     exported = backend.integer_export(net, qconfig, stage_dir, saved, tuple(images.shape[2:]))
     problems = check_program(exported.program)
@@ -203,7 +209,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "layers": exported.program.summary(),
     }
     write_json(out_dir / "integer_model.json", summary)
-    figures, _ = compare(exported, images, y_test.cpu().numpy(), cfg.rounding)
+    figures, _ = compare(exported, images, labels, cfg.rounding)
     figures = {"isa": cpu(), "int8_engine": exported.engine, **figures}
     write_json(out_dir / "bitexact.json", figures)
     if cfg.golden:
@@ -223,6 +229,38 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     results.update(settings_record(cfg, "export"))  # what a rerun must match to reuse it
     write_json(out_dir / "results.json", results)
     return results
+
+
+def exporting_backend(
+    cfg: DictConfig, stage_dir: Path, saved: dict[str, Any], stage_cfg: DictConfig
+) -> Any:
+    """The stage's backend, refused when it has no integer export or the stage's int8 files are
+    missing or incomplete: checked whole, before any work."""
+    backend = instantiate(stage_cfg.backend, "backend")
+    if not exports_integers(backend):
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir}: backend={backend.name} has no integer export; "
+            "quantize with backend=eager or backend=pt2e"
+        )
+    if not stage_files(stage_dir, saved):
+        raise ConfigError(
+            f"stage_dir={cfg.stage_dir}: its results.json names no int8 file; {FIX_STAGE}"
+        )
+    what, fix = f"stage_dir={cfg.stage_dir}", f"redo that stage, or {FIX_STAGE}"
+    check_stage_files(stage_dir, saved, what, fix)  # whole files, before any work
+    return backend
+
+
+def load_test_images(cfg: DictConfig, stage_cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The stage's test set (its first `images` when set), normalized as the network sees it,
+    and its labels: what the reference and torch are compared on."""
+    dm = instantiate(stage_cfg.data, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    x_test, y_test = dm.arrays("test")
+    if cfg.images is not None:
+        x_test, y_test = x_test[: cfg.images], y_test[: cfg.images]
+    return normalize(x_test.cpu()).numpy(), y_test.cpu().numpy()
 
 
 def stage_export_summary(stage_dir: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from labquant.config.groups import is_option_file, load_app_defaults, load_group_option
 from labquant.config.instantiate import instantiate
 from labquant.config.schema import validate_settings
+from labquant.errors import ConfigError
 from labquant.quant.backend import QuantBackend, Quantizer, exports_integers
 from labquant.quant.layers import quantizable_layers
 from labquant.quant.qconfigs import QConfigSpec
@@ -83,7 +84,8 @@ def qconfig_option(cfg: DictConfig, name: str) -> DictConfig:
         return cfg.qconfig
     option = load_group_option("qconfig", name, setting="lab.qconfigs")
     shift = cfg.qconfig.get("max_shift_amount")
-    if option.get("max_shift_amount") is not None and shift is not None:
+    spec: QConfigSpec = instantiate(option, f"lab.qconfigs={name}")
+    if shift is not None and spec.scheme.max_shift_amount is not None:  # a shift-limited scheme
         option.max_shift_amount = shift
     return option
 
@@ -98,13 +100,43 @@ class LabBackend:
     backend: QuantBackend
 
 
+def option_name(entry: str) -> str:
+    """The backend option a `lab.backends` entry names: `pt2e`, or a file's stem
+    (`<folder>/backend/mine.yaml`: mine)."""
+    return Path(entry).stem if is_option_file(entry) else str(entry)
+
+
+def composed_backend_name(cfg: DictConfig) -> str:
+    """The option name of the composed `backend` group: its `name:` (every
+    conf/backend/<option>.yaml carries one, equal to its file name), else, for a backend whose
+    YAML has none, the name its class declares."""
+    name = cfg.backend.get("name")
+    if name is None:
+        name = instantiate(cfg.backend, "backend").name
+    return str(name)
+
+
 def lab_backend(cfg: DictConfig, name: str) -> LabBackend:
-    """The backend config of one `lab.backends` entry: the composed `backend` (with the user's
-    overrides, e.g. backend.compile=false) when it is that one, else its YAML."""
-    option = load_group_option("backend", name, setting="lab.backends")
-    if cfg.backend.get("_target_") == option.get("_target_"):
-        option = cfg.backend
-    return LabBackend(name, option, instantiate(option, f"lab.backends={name}"))
+    """The backend config of one `lab.backends` entry.
+
+    An entry is its option name (`pt2e`, `pt2e_fused`: conf/backend/<name>.yaml). The composed
+    `backend` group, with the user's overrides (e.g. backend.compile=false), replaces the
+    entry's YAML only when it is that same option: when its name (`backend.name`, see
+    composed_backend_name) is the entry's. The class is no identity: pt2e and pt2e_fused share
+    one, and `backend=pt2e lab.backends=[pt2e,pt2e_fused]` runs the composed pt2e and
+    pt2e_fused from its own YAML. The backend built must carry that name too (its stage folders
+    and results' `backend`), else the entry is a one-line error."""
+    option_cfg = load_group_option("backend", name, setting="lab.backends")
+    option = option_name(name)
+    if composed_backend_name(cfg) == option:
+        option_cfg = cfg.backend
+    backend = instantiate(option_cfg, f"lab.backends={name}")
+    if backend.name != option:
+        raise ConfigError(
+            f"lab.backends={name}: that backend is named {backend.name!r}, not {option!r}; a "
+            f"backend's name: is its option's (file) name, e.g. name: {option} in its YAML"
+        )
+    return LabBackend(name, option_cfg, backend)
 
 
 def stage_name(mode: str, qconfig: str, backend: QuantBackend) -> str:
@@ -166,13 +198,13 @@ def export_config(cfg: DictConfig, lab_dir: Path, name: str) -> DictConfig:
 
 
 def exported_stages(stage_results: dict[str, Any], backends: dict[str, LabBackend]) -> list[str]:
-    """The stages `lab.export=true` exports: the power-of-two ones of a backend that has an
-    integer export."""
+    """The stages `lab.export=true` exports: those whose scheme the integer program holds
+    (results.json's `integer_program`), of a backend that has an integer export."""
     exporters = {b.backend.name for b in backends.values() if exports_integers(b.backend)}
     names = []
     for name, results in stage_results.items():
-        if name == "fp32" or results.get("max_shift_amount") is None:
-            continue  # not a power-of-two stage
+        if name == "fp32" or not results.get("integer_program"):
+            continue  # its scheme has no integer program (float scales)
         if results.get("backend") not in exporters:
             log.info("stage %s: backend=%s has no integer export", name, results.get("backend"))
             continue

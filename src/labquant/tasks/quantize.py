@@ -230,8 +230,7 @@ def stage_results(
         "status": "complete",
         "backend": inputs.backend.name,
         "qconfig": inputs.qconfig.name,
-        "max_shift_amount": inputs.qconfig.max_shift_amount,
-        **inputs.qconfig.describe(),  # widths, granularity, exponent rule, range method
+        **inputs.qconfig.describe(),  # scheme, widths, granularity, exponent rule, range method
         "model": model_name(cfg),
         "test_acc": round(int8.acc, 4),
         "test_loss": int8.loss,
@@ -243,7 +242,7 @@ def stage_results(
         "fp32_size_mib": serialized_mib(inputs.fp32_net.state_dict()),
         # What a hardware memory holds: weights at their width, biases, shifts, zero points.
         "packed_size_mib": packed_size_mib(
-            layers, inputs.qconfig.power_of_two, inputs.qconfig.per_channel
+            layers, inputs.qconfig.scheme, inputs.qconfig.per_channel
         ),
         # Multiply-accumulates x weight bits x input bits, per image, summed over the layers.
         "bitops": total_bitops(layers),

@@ -96,7 +96,7 @@ def check_sensitivity_inputs(cfg: DictConfig, low: QConfigSpec) -> None:
             f"quant={cfg.quant.mode}: labquant-sensitivity measures each layer by PTQ; "
             "leave quant=ptq (run QAT on the proposed qconfig with labquant-quantize)"
         )
-    if not low.power_of_two:
+    if not low.scheme.widths:
         raise ConfigError(
             f"qconfig={low.name} is not a power-of-two qconfig; labquant-sensitivity "
             "compares power-of-two widths: choose e.g. qconfig=pot_w4a8"
@@ -121,7 +121,7 @@ def layer_choices(net: nn.Module, low: QConfigSpec, damage: dict[str, float]) ->
         weight = modules[name].weight
         row = {"weights": weight.numel(), "out_channels": weight.shape[0]}
         size = {
-            bits: packed_bytes({**row, "bits": {"weight": bits}}, True, low.per_channel)
+            bits: packed_bytes({**row, "bits": {"weight": bits}}, low.scheme, low.per_channel)
             for bits in (HIGH_BITS, low.weight_bits)
         }
         choices.append(
@@ -263,7 +263,7 @@ def propose(
         "val_acc": score.acc,
         "val_drop_pp": round(fp32_acc - score.acc, 4),
         "val_sqnr_db": score.sqnr_db,
-        "packed_size_mib": packed_size_mib(layers, True, low.per_channel),
+        "packed_size_mib": packed_size_mib(layers, low.scheme, low.per_channel),
         "estimated_packed_size_mib": round(packed_size(choices, lowered) / MIB, 6),
         "bitops": total_bitops(layers),
         "steps": [{"layer": n, "val_drop_pp": d, "kept": k} for n, d, k in steps],
@@ -295,6 +295,39 @@ def qconfig_yaml(cfg: DictConfig, proposal: dict[str, Any]) -> str:
     return header + OmegaConf.to_yaml(OmegaConf.create(qconfig))
 
 
+def rank_layers(
+    net: nn.Module, low: QConfigSpec, rows: list[dict[str, Any]]
+) -> tuple[list[LayerChoice], list[dict[str, Any]]]:
+    """Each layer's packed bytes at both widths and its rank (most damage first, ties by name)
+    added to its row; the choices the budget's search takes and the rows in rank order."""
+    damage = {row["name"]: row["damage"] for row in rows}
+    choices = layer_choices(net, low, damage)
+    for row, choice in zip(rows, choices, strict=True):
+        row |= {"high_bytes": choice.high_bytes, "low_bytes": choice.low_bytes}
+    ranked = sorted(rows, key=lambda row: (-row["damage"], row["name"]))
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    return choices, ranked
+
+
+def uniform_figures(
+    base: dict[str, Score], fp32_acc: float, choices: list[LayerChoice], names: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The two uniform baselines (every layer at 8 bits, every layer low) the per-layer figures
+    are read against: validation accuracy, drop against FP32, SQNR, packed size."""
+    return {
+        key: {
+            "val_acc": score.acc,
+            "val_drop_pp": round(fp32_acc - score.acc, 4),
+            "sqnr_db": score.sqnr_db,
+            "packed_size_mib": round(
+                packed_size(choices, set(names) if key == "low" else set()) / MIB, 6
+            ),
+        }
+        for key, score in base.items()
+    }
+
+
 def sensitivity(cfg: DictConfig) -> dict[str, Any]:
     """Rank every layer, propose a mixed assignment under the budget; write the files."""
     started = time.perf_counter()
@@ -306,13 +339,7 @@ def sensitivity(cfg: DictConfig) -> dict[str, Any]:
     fp32_acc = round(inputs.fp32_eval.acc, 4)  # on the validation split
     base = {"high": probe(uniform(low, HIGH_BITS, HIGH_BITS)), "low": probe(low)}
     rows = layer_rows(probe, low, names, base)
-    damage = {row["name"]: row["damage"] for row in rows}
-    choices = layer_choices(inputs.fp32_net, low, damage)
-    for row, choice in zip(rows, choices, strict=True):
-        row |= {"high_bytes": choice.high_bytes, "low_bytes": choice.low_bytes}
-    ranked = sorted(rows, key=lambda row: (-row["damage"], row["name"]))
-    for rank, row in enumerate(ranked, start=1):
-        row["rank"] = rank
+    choices, ranked = rank_layers(inputs.fp32_net, low, rows)
     proposal = propose(cfg, probe, choices, names, fp32_acc)
     results: dict[str, Any] = {
         "stage": "sensitivity",
@@ -324,17 +351,7 @@ def sensitivity(cfg: DictConfig) -> dict[str, Any]:
         "split": "val",
         "val_images": len(val[1]),
         "fp32_val_acc": fp32_acc,
-        "uniform": {
-            key: {
-                "val_acc": score.acc,
-                "val_drop_pp": round(fp32_acc - score.acc, 4),
-                "sqnr_db": score.sqnr_db,
-                "packed_size_mib": round(
-                    packed_size(choices, set(names) if key == "low" else set()) / MIB, 6
-                ),
-            }
-            for key, score in base.items()
-        },
+        "uniform": uniform_figures(base, fp32_acc, choices, names),
         "layers": rows,
         "ranking": [row["name"] for row in ranked],
         "greedy_order": [choice.name for choice in search_order(choices)],

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labquant.quant import learned
 from labquant.quant.backend import check_mode
 from labquant.quant.eager import bias_quant, conv_bn, inspect, integer, widths, workflow
 from labquant.quant.eager.export import load_torchscript, save_torchscript, to_torchscript
@@ -26,12 +25,22 @@ from labquant.quant.eager.qconfigs import (
     layer_qconfig_of,
     relu_output_qconfig,
 )
-from labquant.quant.pot import require_power_of_two
+from labquant.quant.layers import quantizable_layers
+from labquant.quant.plan import QuantPlan, build_plan
 from labquant.quant.qconfigs import QConfigSpec
 from labquant.reports.artifacts import file_size_mib, serialized_mib, write_atomic, write_torch
 
 INT8_TORCHSCRIPT = "model_int8.pt"
 INT8_STATE_DICT = "model_int8_state_dict.pt"
+
+
+def _realise(net: nn.Module, plan: QuantPlan, qat: bool, engine: str | None = None) -> nn.Module:
+    """Fuse `net` and attach the plan's observers (PTQ) or fake-quants (QAT), with the int8
+    engine whose kernels run the plan."""
+    workflow.set_engine(engine or engine_for(plan))
+    prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
+    relu = relu_output_qconfig(plan, qat=qat)
+    return prepare(net, eager_qconfig(plan, qat=qat), relu, layer_qconfig_of(plan, qat))
 
 
 @dataclass
@@ -52,26 +61,24 @@ class EagerBackend:
     """Eager-mode fuse / observe / convert: a Quantizer, QATQuantizer, Artifacts and
     IntegerExporter (quant/backend.py)."""
 
-    name = "eager"
     modes = ("ptq", "qat")
-    stage_suffix = ""  # the lab's stage folders before PT2E: ptq_pot, qat_pot
     exports_integers = True
+
+    def __init__(self, name: str = "eager", stage_suffix: str = "") -> None:
+        # Its conf/backend option (eager.yaml); suffix "": the lab's stage folders before PT2E,
+        # ptq_pot, qat_pot.
+        self.name, self.stage_suffix = str(name), str(stage_suffix)
 
     def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
         check_mode(self, mode)
         engine_for(qconfig)  # the engine's int8 kernels must be in this torch build
 
     def _prepare(self, net: nn.Module, qconfig: QConfigSpec, qat: bool) -> nn.Module:
-        engine = engine_for(qconfig)
-        workflow.set_engine(engine)
-        prepare = workflow.prepare_qat if qat else workflow.prepare_ptq
-        relu = relu_output_qconfig(qconfig, qat=qat)
-        prepared = prepare(
-            net, eager_qconfig(qconfig, qat=qat), relu, layer_qconfig_of(qconfig, qat)
-        )
+        plan = build_plan(qconfig, quantizable_layers(net))
+        prepared = _realise(net, plan, qat)
         if qat:
             conv_bn.install(prepared)  # torch's fold, without the division's dead gradient
-        if qat and qconfig.power_of_two and qconfig.snap_bias:
+        if qat and plan.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         return prepared
 
@@ -90,17 +97,14 @@ class EagerBackend:
         else:
             workflow.disable_observers(net)
 
-    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
-        return learned.start_learning(prepared, batches)
-
     def freeze_bn_stats(self, net: nn.Module) -> None:
         workflow.freeze_bn_stats(net)
 
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return workflow.fake_quant_scales(net)
 
-    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
-        return learned.learned_thresholds(net.named_modules())
+    def named_fake_quants(self, net: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+        return net.named_modules()
 
     def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> EagerInt8Model:
         engine = engine_for(qconfig)  # the engine prepare chose for the same qconfig
@@ -108,7 +112,7 @@ class EagerBackend:
         module = workflow.convert_int8(prepared)
         bias_quant.remove(module)
         widths.install_clamps(module, widths.activation_ranges(prepared))
-        if qconfig.power_of_two and qconfig.snap_bias:
+        if build_plan(qconfig).snap_bias:
             integer.snap_biases(module, example.detach().cpu())
         script = to_torchscript(module, example[:1].detach().cpu())
         return EagerInt8Model(module=module, script=script, engine=engine)
@@ -157,13 +161,10 @@ class EagerBackend:
         way (the module structure is the same after PTQ and QAT), then the saved int8 state dict
         (weights_only=True) gives it the stage's weights, biases and scales.
         """
-        require_power_of_two(qconfig)
-        engine = saved.get("int8_engine") or engine_for(qconfig)
-        workflow.set_engine(engine)
-        relu = relu_output_qconfig(qconfig, qat=False)
-        prepared = workflow.prepare_ptq(
-            net, eager_qconfig(qconfig, qat=False), relu, layer_qconfig_of(qconfig, qat=False)
-        )
+        qconfig.scheme.require_integer_program(qconfig.name)
+        plan = build_plan(qconfig, quantizable_layers(net))
+        engine = saved.get("int8_engine") or engine_for(plan)
+        prepared = _realise(net, plan, qat=False, engine=engine)
         ranges = widths.activation_ranges(prepared)
         module = workflow.convert_int8(prepared)
         state = torch.load(
@@ -175,7 +176,7 @@ class EagerBackend:
             row["name"]: row.get("clamp") for row in saved.get("layers") or [] if "name" in row
         }
         program = integer.integer_program(
-            module, image_hw, clamp, ranges, lambda name: qconfig.for_layer(name).weight_bits
+            module, image_hw, clamp, ranges, lambda name: plan.layer(name).weight.bits
         )
         return integer.IntegerExport(module.eval(), program, engine)
 

@@ -76,6 +76,7 @@ class EagerPotObserver(PotObserverCore, MinMaxObserver):
         range_method: str = "minmax",
         percentile: float = 99.99,
         weights: bool = False,
+        scheme: Any = None,
         **kwargs: Any,
     ) -> None:
         # unsigned: a post-ReLU activation, quint8 0..2**b-1 with zero point 0
@@ -92,7 +93,7 @@ class EagerPotObserver(PotObserverCore, MinMaxObserver):
         )
         self.setup_pot(
             max_shift_amount, unsigned, exponent, range_method, percentile, weights,
-            one_scale=True,
+            one_scale=True, scheme=scheme,
         )  # fmt: skip
 
 
@@ -111,6 +112,7 @@ class EagerPotChannelObserver(PotObserverCore, PerChannelMinMaxObserver):
         range_method: str = "minmax",
         percentile: float = 99.99,
         weights: bool = True,
+        scheme: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("unsigned", None)
@@ -124,8 +126,9 @@ class EagerPotChannelObserver(PotObserverCore, PerChannelMinMaxObserver):
             quant_max=quant_max, **kwargs,
         )  # fmt: skip
         self.setup_pot(
-            max_shift_amount, False, exponent, range_method, percentile, weights, one_scale=False
-        )
+            max_shift_amount, False, exponent, range_method, percentile, weights,
+            one_scale=False, scheme=scheme,
+        )  # fmt: skip
 
 
 class EagerPotFakeQuantize(FakeQuantize):

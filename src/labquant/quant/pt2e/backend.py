@@ -29,9 +29,9 @@ from labquant import onnx_runtime
 from labquant.errors import ConfigError
 from labquant.machine import has_vnni
 from labquant.onnx_runtime import OnnxRuntimeModel
-from labquant.quant import learned
 from labquant.quant.backend import check_mode
-from labquant.quant.pot import require_power_of_two
+from labquant.quant.layers import quantizable_layers
+from labquant.quant.plan import QuantPlan, build_plan
 from labquant.quant.pt2e import (
     bias_quant,
     conv_bn,
@@ -105,20 +105,19 @@ class PT2EInt8Model:
             return self._runner(len(x))(x)
 
 
-def fusable(qconfig: QConfigSpec) -> bool:
+def fusable(plan: QuantPlan) -> bool:
     """Whether Inductor lowers a power-of-two conv + add + relu as one int8 conv: only with
     8-bit post-ReLU outputs at zero point 0 (zero point 128 needs a clamp after the ReLU,
     narrowed codes one after the add, and either breaks the pattern: measured 2-3x slower)."""
-    return qconfig.activations == "unsigned" and qconfig.activation_bits == 8
+    relu = plan.default.relu_output
+    return relu.unsigned and relu.bits == 8
 
 
 class PT2EBackend:
     """torch.export + torchao PT2E: a Quantizer, QATQuantizer, Artifacts and IntegerExporter
     (quant/backend.py)."""
 
-    name = "pt2e"
     modes = ("ptq", "qat")
-    stage_suffix = "_pt2e"
 
     def __init__(
         self,
@@ -126,7 +125,12 @@ class PT2EBackend:
         onnx: bool = True,
         stem: stem.StemMode = "auto",
         fuse_residual_add: bool = False,
+        name: str = "pt2e",
+        stage_suffix: str = "_pt2e",
     ) -> None:
+        # Its identity is its conf/backend option (pt2e.yaml, pt2e_fused.yaml share this class):
+        # results' `backend`, bench contenders, the lab's stage folders <mode>_<qconfig><suffix>.
+        self.name, self.stage_suffix = str(name), str(stage_suffix)
         self.compile = bool(compile)
         self.stem = stem
         self.fuse_residual_add = bool(fuse_residual_add)
@@ -134,18 +138,16 @@ class PT2EBackend:
         # it in FP32, and the integer program has no conv-with-accumulate op. Neither is written.
         self.onnx = bool(onnx) and not self.fuse_residual_add
         self.exports_integers = not self.fuse_residual_add
-        if self.fuse_residual_add:  # its own stage folders and bench contenders
-            self.name, self.stage_suffix = "pt2e_fused", "_pt2e_fused"
 
     def check(self, qconfig: QConfigSpec, mode: str = "ptq") -> None:
         check_mode(self, mode)
-        if not qconfig.power_of_two and qconfig.engine not in SUPPORTED_ENGINES:
+        if not qconfig.scheme.widths and qconfig.engine not in SUPPORTED_ENGINES:
             raise ConfigError(
                 f"backend=pt2e does not support qconfig={qconfig.name} (engine "
                 f"{qconfig.engine}): torchao's X86InductorQuantizer targets x86; use qconfig=x86, "
                 "pot or pot_unsigned, or backend=eager"
             )
-        if self.fuse_residual_add and qconfig.power_of_two and not fusable(qconfig):
+        if self.fuse_residual_add and qconfig.scheme.widths and not fusable(build_plan(qconfig)):
             raise ConfigError(
                 f"backend.fuse_residual_add=true does not support qconfig={qconfig.name} "
                 f"(activations={qconfig.activations}, activation_bits="
@@ -157,12 +159,13 @@ class PT2EBackend:
         self.check(qconfig, "qat" if qat else "ptq")
         net.train(qat)
         captured = graph.capture(net, example)
+        plan = build_plan(qconfig, quantizable_layers(net))
         quantizer = quantizer_for(
-            qconfig, qat=qat, reduce_range=not has_vnni(), fuse_residual_add=self.fuse_residual_add
+            plan, qat=qat, reduce_range=not has_vnni(), fuse_residual_add=self.fuse_residual_add
         )
         prepare = prepare_qat_pt2e if qat else prepare_pt2e
         prepared = prepare(captured, quantizer)
-        if qat and qconfig.power_of_two and qconfig.snap_bias:
+        if qat and plan.snap_bias:
             bias_quant.install(prepared)  # fine-tune against the bias convert will ship
         prepared = graph.allow_train_eval(prepared)
         setattr(prepared, _PREPARED_ATTR, True)
@@ -182,26 +185,24 @@ class PT2EBackend:
             if isinstance(m, FakeQuantizeBase):
                 m.enable_observer(enabled)
 
-    def start_learned_scales(self, prepared: nn.Module, batches: Iterable[Tensor]) -> int:
-        return learned.start_learning(prepared, batches)
-
     def freeze_bn_stats(self, net: nn.Module) -> None:
         graph.freeze_batch_norm_stats(net)
 
     def fake_quant_scales(self, net: nn.Module) -> dict[str, float]:
         return inspect.fake_quant_scales(net)
 
-    def learned_thresholds(self, net: nn.Module) -> dict[str, float]:
-        return learned.learned_thresholds(inspect.named_fake_quants(net))
+    def named_fake_quants(self, net: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+        return inspect.named_fake_quants(net)
 
     def convert(self, prepared: nn.Module, qconfig: QConfigSpec, example: Tensor) -> PT2EInt8Model:
         work = copy.deepcopy(prepared).cpu().eval()  # `prepared` keeps training as it was
         bias_quant.remove(work)  # convert folds BN itself; snap_biases below does the rest
         conv_bn.sync_fold_divisors(work, detach=False)  # torchao's fold pattern, as prepared
         converted = convert_pt2e(work)
-        if qconfig.power_of_two and qconfig.snap_bias:
+        plan = build_plan(qconfig)
+        if plan.snap_bias:
             inspect.snap_biases(converted)
-        if qconfig.power_of_two:
+        if plan.scheme.widths:  # full-range and narrowed power-of-two codes
             if not stem.int8_stem(self.stem, has_vnni()):  # quant/pt2e/stem.py
                 stem.per_tensor_stem_weight(converted)
             widths.clamp_narrow_codes(converted)  # narrowed codes in every runtime
@@ -257,7 +258,7 @@ class PT2EBackend:
         own codes per op and its runtimes' logits (Inductor when `compile`, ONNX Runtime on the
         `.onnx` file when there is one) to measure the reference against. `net` and
         `image_hw` are not needed: the program holds its weights and shapes."""
-        require_power_of_two(qconfig)
+        qconfig.scheme.require_integer_program(qconfig.name)
         program = load_pt2(folder / saved.get("int8_pt2", INT8_PT2))
         runtimes: dict[str, Any] = {}
         if self.compile:

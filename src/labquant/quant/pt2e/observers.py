@@ -34,6 +34,7 @@ class PT2EPotObserver(PotObserverCore, MinMaxObserver):
         range_method: str = "minmax",
         percentile: float = 99.99,
         weights: bool = False,
+        scheme: Any = None,
         **kwargs: Any,
     ) -> None:
         if unsigned:  # torch's symmetric qscheme forces zero point 128 / 0 by dtype
@@ -41,7 +42,7 @@ class PT2EPotObserver(PotObserverCore, MinMaxObserver):
         super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
         self.setup_pot(
             max_shift_amount, unsigned, exponent, range_method, percentile, weights,
-            one_scale=True,
+            one_scale=True, scheme=scheme,
         )  # fmt: skip
 
 
@@ -62,13 +63,16 @@ class PT2EPotWeightObserver(PotObserverCore, PerChannelMinMaxObserver):
         range_method: str = "minmax",
         percentile: float = 99.99,
         one_scale: bool = True,
+        scheme: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.update(dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=0)
         kwargs.pop("unsigned", None)
         kwargs.pop("weights", None)
         super().__init__(**kwargs)
-        self.setup_pot(max_shift_amount, False, exponent, range_method, percentile, True, one_scale)
+        self.setup_pot(
+            max_shift_amount, False, exponent, range_method, percentile, True, one_scale, scheme
+        )
 
 
 class PT2EPotFakeQuantize(FakeQuantize):

@@ -36,6 +36,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
+from labquant.quant.plan import LayerPlan, QuantPlan, TensorPlan, plan_of
 from labquant.quant.pot import memory_order_constructor
 from labquant.quant.pt2e.inspect import ADDS, MATMULS, RELUS, module_name
 from labquant.quant.pt2e.observers import (
@@ -61,31 +62,34 @@ PASS_THROUGH = (
 )
 
 
-def _spec(qat: bool, spec: QConfigSpec, signed: bool, unsigned: bool = False) -> QuantizationSpec:
-    """Weights (`signed`): int8 at the spec's width, written per channel (one 2**-n for the
-    tensor, or one per channel with granularity=per_channel; see PT2EPotWeightObserver);
-    activations: uint8 0..2**b-1, zero point 2**(b-1) (0 when `unsigned`)."""
+def _spec(qat: bool, tensor: TensorPlan) -> QuantizationSpec:
+    """The QuantizationSpec of one planned tensor. Weights: int8 at the plan's width, written
+    per channel (one 2**-n for the tensor, or one per channel with granularity=per_channel; see
+    PT2EPotWeightObserver); activations: uint8 0..2**b-1, zero point 2**(b-1) (0 when
+    unsigned)."""
+    signed = tensor.role == "weight"
     observer = PT2EPotWeightObserver if signed else PT2EPotObserver
     kwargs: dict[str, Any] = {
-        "max_shift_amount": int(spec.max_shift_amount or 8),
-        "exponent": spec.exponent,
-        "range_method": spec.range_method,
-        "percentile": spec.percentile,
+        "max_shift_amount": int(tensor.scheme.max_shift_amount or 8),
+        "exponent": tensor.exponent,
+        "range_method": tensor.range_method,
+        "percentile": tensor.percentile,
+        "scheme": tensor.scheme,
     }
     dtype = torch.int8 if signed else torch.uint8
-    qmin, qmax = spec.weight_range if signed else spec.activation_range
+    qmin, qmax = tensor.code_range
     if signed:
         qscheme, ch_axis = torch.per_channel_symmetric, 0
-        kwargs["one_scale"] = not spec.per_channel
+        kwargs["one_scale"] = not tensor.per_channel
     else:
-        kwargs["unsigned"] = unsigned
-        qscheme = torch.per_tensor_affine if unsigned else torch.per_tensor_symmetric
+        kwargs["unsigned"] = tensor.unsigned
+        qscheme = torch.per_tensor_affine if tensor.unsigned else torch.per_tensor_symmetric
         ch_axis = None
     kwargs.update(quant_min=qmin, quant_max=qmax)
     if qat:
         kwargs.update(observer=observer, dtype=dtype)
         kwargs.update(qscheme=qscheme, **({"ch_axis": 0} if signed else {}))
-    fake_quant = PT2ELearnedPotFakeQuantize if spec.learn_scales else PT2EPotFakeQuantize
+    fake_quant = PT2ELearnedPotFakeQuantize if tensor.learned else PT2EPotFakeQuantize
     ctr = (fake_quant if qat else observer).with_args(**kwargs)
     return QuantizationSpec(
         dtype=dtype,
@@ -126,32 +130,31 @@ class PowerOfTwoQuantizer(Quantizer):
     """Annotates labquant's ResNets (and any conv / linear / add / relu / pool graph) with
     power-of-two QuantizationSpecs; see the module docstring for the rules."""
 
-    def __init__(self, spec: QConfigSpec, qat: bool, fuse_residual_add: bool = False) -> None:
+    def __init__(self, plan: QuantPlan, qat: bool, fuse_residual_add: bool = False) -> None:
         super().__init__()
-        self.qat, self.spec = qat, spec
+        self.qat, self.plan = qat, plan
         self.fuse_residual_add = fuse_residual_add
-        self.act = _spec(qat, spec, signed=False)
-        self.weight = _spec(qat, spec, signed=True)
+        self.weight, self.act, self.relu_out = self._new_specs(plan.default)
         self._layer_specs: dict[tuple[int, int], tuple[QuantizationSpec, ...]] = {}
         # A per-channel weight grid has one bias scale per channel: the bias stays float in the
         # graph and convert snaps it to each channel's grid (inspect.snap_biases).
-        self.derived_bias = not spec.per_channel
-        unsigned = spec.activations == "unsigned"
-        self.relu_out = _spec(qat, spec, signed=False, unsigned=True) if unsigned else self.act
+        self.derived_bias = not plan.default.weight.per_channel
 
-    def _layer(self, node: Node) -> tuple[QuantizationSpec, QuantizationSpec, QuantizationSpec]:
-        """(weight, output, post-ReLU output) specs of a conv / linear: the qconfig's, or those
-        of its own widths where `qconfig.layer_bits` names it."""
-        if not self.spec.layer_bits:
+    def _new_specs(self, layer: LayerPlan) -> tuple[QuantizationSpec, ...]:
+        """(weight, output, post-ReLU output) specs of a layer plan."""
+        output = _spec(self.qat, layer.output)
+        relu = output if layer.relu_output == layer.output else _spec(self.qat, layer.relu_output)
+        return _spec(self.qat, layer.weight), output, relu
+
+    def _layer(self, node: Node) -> tuple[QuantizationSpec, ...]:
+        """(weight, output, post-ReLU output) specs of a conv / linear: the plan's default, or,
+        where the plan has per-layer widths, one set of specs per pair of widths."""
+        if not self.plan.has_layer_widths:
             return self.weight, self.act, self.relu_out
-        layer = self.spec.for_layer(module_name(node) or node.name)
-        key = (layer.weight_bits, layer.activation_bits)
-        if key not in self._layer_specs:
-            act = _spec(self.qat, layer, signed=False)
-            unsigned = layer.activations == "unsigned"
-            relu = _spec(self.qat, layer, signed=False, unsigned=True) if unsigned else act
-            self._layer_specs[key] = (_spec(self.qat, layer, signed=True), act, relu)
-        return self._layer_specs[key]
+        layer = self.plan.layer(module_name(node) or node.name)
+        if layer.widths not in self._layer_specs:
+            self._layer_specs[layer.widths] = self._new_specs(layer)
+        return self._layer_specs[layer.widths]
 
     def _input_spec(self, node: Node) -> Any:
         """An edge from an annotated producer reuses its output spec (implicit sharing: one
@@ -296,14 +299,15 @@ class X86ResidualQuantizer(X86InductorQuantizer):
 
 
 def quantizer_for(
-    spec: QConfigSpec, qat: bool, reduce_range: bool, fuse_residual_add: bool = False
+    plan: QuantPlan | QConfigSpec, qat: bool, reduce_range: bool, fuse_residual_add: bool = False
 ) -> Quantizer:
     """The torchao Quantizer of a qconfig; `reduce_range`: 7-bit activations for the default
     x86 config on CPUs without VNNI (u8 x s8 pair sums saturate int16 there);
     `fuse_residual_add`: the conv feeding each residual add keeps a float output, so Inductor
     lowers conv + add [+ relu] as one int8 conv (x86: torchao's own annotation)."""
-    if spec.power_of_two:
-        return PowerOfTwoQuantizer(spec, qat, fuse_residual_add)
+    plan = plan_of(plan)
+    if plan.scheme.widths:
+        return PowerOfTwoQuantizer(plan, qat, fuse_residual_add)
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
     config = memory_order_activations(config)
     quantizer = (
