@@ -175,8 +175,8 @@ def test_fused_backend_names_its_stages_and_ships_no_onnx_or_integer_export() ->
     assert plain.onnx and plain.exports_integers
     stages = {
         "fp32": {},
-        "ptq_pot_unsigned_pt2e": {"backend": "pt2e", "max_shift_amount": 8},
-        "ptq_pot_unsigned_pt2e_fused": {"backend": "pt2e_fused", "max_shift_amount": 8},
+        "ptq_pot_unsigned_pt2e": {"backend": "pt2e", "integer_program": True},
+        "ptq_pot_unsigned_pt2e_fused": {"backend": "pt2e_fused", "integer_program": True},
     }
     backends = {b.name: SimpleNamespace(backend=b) for b in (plain, fused)}
     assert exported_stages(stages, backends) == ["ptq_pot_unsigned_pt2e"]
