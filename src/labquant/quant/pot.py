@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import Tensor
@@ -529,13 +528,3 @@ def shifts_of(scales: Any, where: str) -> int | list[int]:
     values = [float(s) for s in torch.as_tensor(scales, dtype=torch.float64).reshape(-1)]
     shifts = [shift_of(s, where) for s in values]
     return shifts[0] if len(set(shifts)) == 1 else shifts
-
-
-def per_channel(shift: int | list[int], channels: int) -> Any:
-    """A per-tensor or per-channel shift as one numpy int64 per output channel."""
-    return np.broadcast_to(np.asarray(shift, dtype=np.int64), (channels,))
-
-
-def combine(shift: int | list[int], offset: int) -> int | list[int]:
-    """A per-tensor or per-channel shift plus a common offset, in the same form."""
-    return [s + offset for s in shift] if isinstance(shift, list) else shift + offset
