@@ -29,7 +29,17 @@ from labquant.config.fields import (
 from labquant.config.targets import check_target_arguments
 
 
-class Data(Settings):
+class TargetChecked(Settings):
+    """A group whose settings are the arguments of the class or factory its `_target_` names:
+    each one must be an argument of that target, of its declared type."""
+
+    @model_validator(mode="after")
+    def _arguments_of_the_target(self) -> TargetChecked:
+        check_target_arguments(self)
+        return self
+
+
+class Data(TargetChecked):
     """The union of the DataModules' settings; the chosen `_target_` must take each one given."""
 
     root: str = setting("data", min_length=1)
@@ -46,13 +56,8 @@ class Data(Settings):
     pin_memory: bool | None = setting(None)
     seed: NonNegInt = setting(42)
 
-    @model_validator(mode="after")
-    def _arguments_of_the_datamodule(self) -> Data:
-        check_target_arguments(self)
-        return self
 
-
-class Model(Settings):
+class Model(TargetChecked):
     """The union of the model factories' settings; the chosen `_target_` must take each one."""
 
     num_classes: int = setting(10, ge=2)
@@ -62,11 +67,6 @@ class Model(Settings):
     )
     base_width: PosInt = setting(32)
     block: Literal["basic", "bottleneck"] = setting("basic")
-
-    @model_validator(mode="after")
-    def _arguments_of_the_factory(self) -> Model:
-        check_target_arguments(self)
-        return self
 
 
 class Optimizer(Settings):
@@ -146,15 +146,10 @@ class QConfig(Settings):
         return self
 
 
-class Backend(Settings):
+class Backend(TargetChecked):
     """A backend's settings are its constructor's arguments, declared with their types and
     defaults by each backend class itself (quant/<name>/backend.py), so a new backend declares
     its own and this schema names none of them."""
-
-    @model_validator(mode="after")
-    def _arguments_of_the_target(self) -> Backend:
-        check_target_arguments(self)
-        return self
 
 
 class Lab(Settings):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from labquant.quant.qconfigs import QConfigSpec
@@ -111,11 +111,6 @@ class QuantPlan:
         return (
             self.default if widths == self.default.widths else layer_plan(self.spec, name, *widths)
         )
-
-    @property
-    def input(self) -> TensorPlan:
-        """The network input's grid (a symmetric activation)."""
-        return self.default.output
 
     @property
     def has_layer_widths(self) -> bool:
@@ -239,8 +234,3 @@ def plan_of(planned: QuantPlan | QConfigSpec) -> QuantPlan:
     """A plan as it is, or a qconfig's plan for a network not named (layer_bits then apply by
     name as layers are asked for)."""
     return planned if isinstance(planned, QuantPlan) else build_plan(planned)
-
-
-def with_layer(plan: QuantPlan, layer: LayerPlan) -> QuantPlan:
-    """A copy of `plan` with one layer's plan replaced (sensitivity trials, tests)."""
-    return replace(plan, layers={**plan.layers, layer.name: layer})

@@ -114,8 +114,7 @@ def integer_shift(raw_scale: Tensor, max_shift_amount: int, exponent: str = "rou
     """The shift n of the power of two 2**-n the exponent rule picks for `raw_scale`, clamped
     to 0..max_shift_amount (a float tensor of integers). `ceil`/`floor` name what happens to
     the SCALE: ceil rounds it up (n = floor(-log2 s)), floor rounds it down (n = ceil(...))."""
-    shift = _shift_amount(raw_scale)
-    return EXPONENT_ROUNDING[exponent](torch.clamp(shift, 0, max_shift_amount))
+    return PowerOfTwo(max_shift_amount).integer_shift(_shift_amount(raw_scale), exponent)
 
 
 def scale_approximate(scale: Tensor, max_shift_amount: int = 8, exponent: str = "round") -> Tensor:

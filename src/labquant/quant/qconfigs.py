@@ -1,7 +1,7 @@
 """What `qconfig=` chooses, independent of the backend that realises it.
 
 Each `conf/qconfig/<name>.yaml` names one of these factories with `_target_` and carries its
-arguments; a factory's annotated arguments ARE the qconfig's settings (config/schema.py checks
+arguments; a factory's annotated arguments ARE the qconfig's settings (config/targets.py checks
 every `qconfig.*` value against them before any work starts). A backend turns the spec into
 its own observers (eager: a torch.ao QConfig; pt2e: QuantizationSpecs). A new preset is one YAML
 file; a new kind of observer also needs its translation in each backend that supports it.

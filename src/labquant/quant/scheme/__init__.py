@@ -3,7 +3,7 @@
 A scheme is one value of `QConfigSpec.scheme`, never a bool asked across the code: the uniform
 float-scale scheme of the engines' own qconfigs (`FloatScale`) and the power-of-two scheme of the
 shift-only hardware target (`PowerOfTwo`). Each owns its code ranges, its scale restriction and
-exponent rules, the bias grid with its int32 rounding, the packed bytes of its scales, and whether
+exponent rules, the packed bytes of its scales, and whether
 labquant's integer program can hold it. A new scheme is one module here (see
 docs/architecture.md, "Where a new scheme goes").
 """

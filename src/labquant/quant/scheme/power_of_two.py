@@ -7,9 +7,8 @@ accumulator grid s_in * s_w. The exponent rules live here once: the observers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
 import torch
 
 from labquant.quant.scheme.base import Scheme
@@ -33,11 +32,3 @@ class PowerOfTwo(Scheme):
         """The integer n the exponent rule picks for a real shift, within 0..max_shift_amount
         (a float tensor of integers)."""
         return EXPONENT_ROUNDING[exponent](torch.clamp(shift, 0, self.max_shift_amount))
-
-    @staticmethod
-    def round_bias(bias: np.ndarray, grid_shift: Any, where: str) -> np.ndarray:
-        """A float bias as int32 codes on its accumulator grid 2**-grid_shift (one shift, or one
-        per output channel), refused in one line where a code leaves int32."""
-        from labquant.hw.builder import round_bias_to_int32
-
-        return round_bias_to_int32(bias, grid_shift, where)
